@@ -1,0 +1,181 @@
+"""Dynamic batching: jobs that arrive together are generated together on one model.
+
+The handler is async and must never block RunPod's event loop, so generation runs
+on one dedicated thread that owns the model. Jobs queue up; when the thread is free
+it waits ``batch_wait`` for company, then takes up to ``max_batch_size`` queued
+jobs that share the first job's sampling settings (jobs that can't share a batch
+keep their place for the next one) and generates them in one ``generate`` call.
+
+A job that fails validation never reaches the queue, so a bad job fails alone; if a
+whole batch fails (e.g. out of GPU memory), its jobs are retried one at a time so
+only the job that can't run fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from medgemma.errors import GenerationFailed
+from medgemma.request import GenerationRequest
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class Backend(Protocol):
+    """What the engine needs from a model (``medgemma.model.LoadedModel`` is one)."""
+
+    def prepare(self, request: GenerationRequest) -> Any: ...
+
+    def generate_batch(self, batch: list[Any], on_delta: list[Callable[[str], None] | None] | None = None) -> list[Any]: ...
+
+
+@dataclass
+class _Job:
+    prepared: Any
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    on_delta: Callable[[str], None] | None
+    enqueued_at: float = field(default_factory=time.perf_counter)
+    batch_size: int = 1
+    queue_seconds: float = 0.0
+
+    @property
+    def key(self) -> Any:
+        return self.prepared.request.sampling_key
+
+
+@dataclass
+class EngineResult:
+    """A completion plus how the engine served it."""
+
+    completion: Any
+    prepared: Any
+    batch_size: int
+    queue_seconds: float
+
+
+class BatchEngine:
+    def __init__(self, backend: Backend, max_batch_size: int = 8, batch_wait_seconds: float = 0.02):
+        self.backend = backend
+        self.max_batch_size = max_batch_size
+        self.batch_wait_seconds = batch_wait_seconds
+        self._inbox: queue.Queue = queue.Queue()
+        self._waiting: list[_Job] = []
+        self._thread = threading.Thread(target=self._run, name="medgemma-engine", daemon=True)
+        self._thread.start()
+
+    async def prepare(self, request: GenerationRequest) -> Any:
+        """Tokenize off the event loop; raises InputError for prompts that can't fit."""
+        return await asyncio.to_thread(self.backend.prepare, request)
+
+    async def generate(self, prepared: Any, on_delta: Callable[[str], None] | None = None) -> EngineResult:
+        """Queue one prepared job and wait for its completion."""
+        loop = asyncio.get_running_loop()
+        job = _Job(prepared, loop, loop.create_future(), on_delta)
+        self._inbox.put(job)
+        completion = await job.future
+        return EngineResult(completion, prepared, job.batch_size, job.queue_seconds)
+
+    async def stream(self, prepared: Any) -> AsyncIterator[str | EngineResult]:
+        """Yield text deltas as they are generated, then the EngineResult."""
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue = asyncio.Queue()
+        task = asyncio.ensure_future(
+            self.generate(prepared, on_delta=lambda text: loop.call_soon_threadsafe(deltas.put_nowait, text))
+        )
+        while True:
+            getter = asyncio.ensure_future(deltas.get())
+            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield getter.result()
+                continue
+            getter.cancel()
+            while not deltas.empty():  # deltas that raced the completion
+                yield deltas.get_nowait()
+            yield task.result()
+            return
+
+    def close(self) -> None:
+        self._inbox.put(_STOP)
+        self._thread.join()
+
+    # -- the generation thread -------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            if not self._waiting:
+                item = self._inbox.get()
+                if item is _STOP:
+                    return
+                self._waiting.append(item)
+            self._gather()
+            batch = self._take_batch()
+            self._serve(batch)
+
+    def _gather(self) -> None:
+        """Wait briefly for more jobs to join the first one, then drain the inbox."""
+        deadline = time.perf_counter() + self.batch_wait_seconds
+        while len(self._waiting) < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            try:
+                item = self._inbox.get(timeout=max(remaining, 0)) if remaining > 0 else self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is _STOP:
+                self._inbox.put(_STOP)
+                return
+            self._waiting.append(item)
+
+    def _take_batch(self) -> list[_Job]:
+        """The oldest job and the following ones that share its sampling key, in order."""
+        key = self._waiting[0].key
+        batch = [job for job in self._waiting if job.key == key][: self.max_batch_size]
+        chosen = set(map(id, batch))
+        self._waiting = [job for job in self._waiting if id(job) not in chosen]
+        return batch
+
+    def _serve(self, batch: list[_Job]) -> None:
+        now = time.perf_counter()
+        for job in batch:
+            job.batch_size, job.queue_seconds = len(batch), round(now - job.enqueued_at, 4)
+        try:
+            completions = self.backend.generate_batch([job.prepared for job in batch], [job.on_delta for job in batch])
+        except GenerationFailed as error:
+            if len(batch) > 1:
+                log.warning("batch of %d failed (%s); retrying its jobs one at a time", len(batch), error)
+                for job in batch:
+                    self._serve([job])
+                return
+            self._settle(batch[0], error=error)
+            return
+        except Exception as error:  # never let one batch kill the thread
+            log.exception("generation failed for a batch of %d", len(batch))
+            for job in batch:
+                self._settle(job, error=GenerationFailed(f"generation failed: {type(error).__name__}"))
+            return
+        for job, completion in zip(batch, completions):
+            self._settle(job, result=completion)
+
+    @staticmethod
+    def _settle(job: _Job, result: Any = None, error: Exception | None = None) -> None:
+        def settle() -> None:
+            if job.future.done():  # the caller went away (cancelled)
+                return
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(result)
+
+        try:
+            job.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # that caller's event loop has closed: nobody is waiting
+            log.warning("job finished after its caller's event loop closed")

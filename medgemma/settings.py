@@ -1,0 +1,196 @@
+"""Worker settings: a pure function of an environment mapping, parsed once at boot.
+
+Every value is checked here so that a typo in an endpoint's environment fails the
+worker at start-up with one clear sentence, instead of failing every job later.
+No heavy imports: this module must import and test in milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from medgemma.errors import SettingsError
+
+QUANTIZATIONS = ("nf4", "int8", "none")
+DTYPES = ("bfloat16", "float32")
+DEVICES = ("auto", "cpu", "cuda")
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
+
+DEFAULT_MAX_NEW_TOKENS = 512
+DEFAULT_MAX_NEW_TOKENS_CAP = 2048
+DEFAULT_MAX_INPUT_CHARS = 200_000
+DEFAULT_MAX_IMAGES = 8
+DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+DEFAULT_MAX_CONCURRENCY = 1
+DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_BATCH_WAIT_MS = 20
+DEFAULT_STANDIN_SUBDIR = "medgemma-runpod"
+
+FLOAT16_REFUSAL = (
+    "DTYPE=float16 is refused: Gemma 3 overflows in float16 (NaN logits, empty or "
+    "pad-only answers), and the 4-bit compute dtype must be bfloat16 too; use "
+    "bfloat16 (GPU) or float32 (CPU)"
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the worker reads from its environment, already validated."""
+
+    model_id: str | None  # None: the embedded stand-in
+    quantization: str | None  # None: nf4 on CUDA, none on CPU
+    dtype: str
+    device: str
+    max_new_tokens: int
+    max_new_tokens_cap: int
+    dummy_image: bool
+    hf_home: str | None
+    offline: bool
+    standin_cache: Path
+    max_input_chars: int
+    max_images: int
+    max_image_bytes: int
+    max_image_pixels: int
+    max_concurrency: int
+    max_batch_size: int
+    batch_wait_ms: int
+    streaming: bool
+    static_cache: bool
+    torch_compile: bool
+
+    @property
+    def uses_standin(self) -> bool:
+        return self.model_id is None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Parse and validate; raise SettingsError naming the variable on a bad value."""
+        reader = _EnvReader(env)
+        quantization = reader.choice("QUANTIZATION", QUANTIZATIONS, default=None)
+        legacy = reader.boolean("USE_QUANTIZATION", default=None)
+        if quantization is None and legacy is not None:
+            quantization = "nf4" if legacy else "none"
+        dtype = reader.text("DTYPE", default="bfloat16").lower()
+        if dtype in ("float16", "fp16", "half"):
+            raise SettingsError(FLOAT16_REFUSAL)
+        if dtype not in DTYPES:
+            raise SettingsError(f"DTYPE must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        max_new_tokens = reader.integer("MAX_NEW_TOKENS", DEFAULT_MAX_NEW_TOKENS, minimum=1)
+        cap = reader.integer("MAX_NEW_TOKENS_CAP", DEFAULT_MAX_NEW_TOKENS_CAP, minimum=1)
+        if max_new_tokens > cap:
+            raise SettingsError(f"MAX_NEW_TOKENS ({max_new_tokens}) must not exceed MAX_NEW_TOKENS_CAP ({cap})")
+        hf_home = env.get("HF_HOME") or None
+        return cls(
+            model_id=resolve_model_id(env.get("MODEL_ID", "").strip() or None),
+            quantization=quantization,
+            dtype=dtype,
+            device=reader.choice("DEVICE", DEVICES, default="auto"),
+            max_new_tokens=max_new_tokens,
+            max_new_tokens_cap=cap,
+            dummy_image=reader.boolean("DUMMY_IMAGE", default=True),
+            hf_home=hf_home,
+            offline=reader.boolean("HF_HUB_OFFLINE", default=False),
+            standin_cache=Path(
+                env.get("STANDIN_CACHE")
+                or Path(hf_home or Path.home() / ".cache" / "huggingface") / DEFAULT_STANDIN_SUBDIR
+            ),
+            max_input_chars=reader.integer("MAX_INPUT_CHARS", DEFAULT_MAX_INPUT_CHARS, minimum=1),
+            max_images=reader.integer("MAX_IMAGES", DEFAULT_MAX_IMAGES, minimum=1),
+            max_image_bytes=reader.integer("MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES, minimum=1),
+            max_image_pixels=reader.integer("MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1),
+            max_concurrency=reader.integer("MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY, minimum=1),
+            max_batch_size=reader.integer("MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, minimum=1),
+            batch_wait_ms=reader.integer("BATCH_WAIT_MS", DEFAULT_BATCH_WAIT_MS, minimum=0),
+            streaming=reader.boolean("STREAMING", default=False),
+            static_cache=reader.boolean("STATIC_CACHE", default=False),
+            torch_compile=reader.boolean("TORCH_COMPILE", default=False),
+        )
+
+
+def load_settings(env: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
+    """Read ``.env`` (real environment variables win), then parse ``os.environ``."""
+    if env is None:
+        if dotenv_path and Path(dotenv_path).is_file():
+            from dotenv import load_dotenv
+
+            load_dotenv(dotenv_path, override=False)
+        env = os.environ
+    return Settings.from_env(env)
+
+
+def resolve_model_id(model_id: str | None) -> str | None:
+    """Return a hub id unchanged, or the directory that actually holds ``config.json``.
+
+    A download often nests the checkpoint one level down (``models/medgemma/<snapshot>/``);
+    a directory with exactly one such child is followed into.
+    """
+    if model_id is None:
+        return None
+    path = Path(model_id).expanduser()
+    looks_like_path = model_id.startswith(("/", ".", "~")) or path.exists()
+    if not looks_like_path:
+        return model_id
+    if not path.is_dir():
+        raise SettingsError(f"MODEL_ID {model_id!r} is not a directory (nor a hub id like google/medgemma-1.5-4b-it)")
+    if (path / "config.json").is_file():
+        return str(path)
+    children = [child for child in path.iterdir() if (child / "config.json").is_file()]
+    if len(children) == 1:
+        return str(children[0])
+    raise SettingsError(
+        f"MODEL_ID {model_id!r} holds no config.json"
+        + (f" and {len(children)} candidate subdirectories; point it at one" if children else "")
+    )
+
+
+class _EnvReader:
+    """Typed access to an env mapping; every failure names the variable."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self._env = env
+
+    def text(self, name: str, default: str) -> str:
+        return self._env.get(name, "").strip() or default
+
+    def _parse(self, name: str, default: T, parse: Callable[[str], T]) -> T:
+        raw = self._env.get(name, "").strip()
+        return default if raw == "" else parse(raw)
+
+    def boolean(self, name: str, default: bool | None) -> bool | None:
+        def parse(raw: str) -> bool:
+            word = raw.lower()
+            if word in TRUE_WORDS:
+                return True
+            if word in FALSE_WORDS:
+                return False
+            raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+        return self._parse(name, default, parse)
+
+    def integer(self, name: str, default: int, minimum: int) -> int:
+        def parse(raw: str) -> int:
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+            if value < minimum:
+                raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+            return value
+
+        return self._parse(name, default, parse)
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str | None) -> str | None:
+        def parse(raw: str) -> str:
+            if raw.lower() not in choices:
+                raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+            return raw.lower()
+
+        return self._parse(name, default, parse)

