@@ -1,0 +1,151 @@
+"""Shared fixtures: one stand-in model per session, and a real local worker over HTTP.
+
+Markers: ``model`` (needs the stand-in model; ~1-2 min to build once, then cached),
+``gpu`` (needs CUDA; skipped cleanly without it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+# Small answers keep the suite fast on 2 CPU cores; behaviour, not wording, is tested.
+TEST_ENV = {"MAX_NEW_TOKENS": "12", "LOG_LEVEL": "INFO"}
+SERVER_START_TIMEOUT_S = 300
+DEFAULT_TEST_TIMEOUT_S = 600
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "model: needs the embedded stand-in model (built once, cached)")
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (fault injection, subprocesses)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    cuda = _cuda_available() if any("gpu" in item.keywords for item in items) else False
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(DEFAULT_TEST_TIMEOUT_S))
+        if "gpu" in item.keywords and not cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def run(coro):
+    """Run a handler coroutine to completion (each test gets its own event loop)."""
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from medgemma.settings import Settings
+
+    return Settings.from_env({**os.environ, **TEST_ENV})
+
+
+@pytest.fixture(scope="session")
+def worker(settings):
+    """The real Worker on the stand-in, installed as handler.py's global state."""
+    import handler
+
+    loaded = handler.warmup(settings)
+    yield loaded
+    loaded.engine.close()
+    handler.WORKER = None
+
+
+@pytest.fixture
+def worker_without_dummy(worker):
+    """The same model and engine, with DUMMY_IMAGE=false."""
+    from medgemma.worker import Worker
+
+    return Worker(replace(worker.settings, dummy_image=False), worker.model, worker.engine)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LocalWorker:
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_local_worker(log_dir: Path, extra_env: dict[str, str] | None = None) -> LocalWorker:
+    """``python handler.py --rp_serve_api`` on a free loopback port; returns once it answers.
+
+    Its output goes to a file (a pipe nobody drains would block a long-lived server).
+    """
+    port = _free_port()
+    env = {**os.environ, **TEST_ENV, **(extra_env or {})}
+    log_path = log_dir / f"worker-{port}.log"
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    server = LocalWorker(process, f"http://127.0.0.1:{port}", log_path)
+    url = server.url
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"local worker exited early:\n{server.log()[-4000:]}")
+        try:
+            if requests.get(f"{url}/docs", timeout=2).status_code < 500:
+                return server
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("local worker did not answer in time")
+
+
+def stop_local_worker(server: LocalWorker) -> str:
+    """Stop the server and return its log (tests check it carries no patient data)."""
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+    return server.log()
+
+
+@pytest.fixture(scope="session")
+def local_worker(tmp_path_factory) -> Iterator[LocalWorker]:
+    server = start_local_worker(tmp_path_factory.mktemp("local-worker"))
+    yield server
+    stop_local_worker(server)
+
+
+@pytest.fixture(scope="session")
+def local_worker_url(local_worker: LocalWorker) -> str:
+    return local_worker.url

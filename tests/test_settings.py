@@ -1,0 +1,98 @@
+"""Settings parse from an env mapping and fail loudly, naming the variable."""
+
+from pathlib import Path
+
+import pytest
+
+from medgemma.errors import SettingsError
+from medgemma.settings import DEFAULT_MAX_NEW_TOKENS, Settings, load_settings, resolve_model_id
+
+
+def test_defaults_use_the_standin_and_auto_quantization():
+    settings = Settings.from_env({})
+    assert settings.uses_standin and settings.model_id is None
+    assert settings.quantization is None  # resolved per device: nf4 on CUDA, none on CPU
+    assert settings.dtype == "bfloat16" and settings.device == "auto"
+    assert settings.dummy_image is True and settings.streaming is False
+    assert settings.max_new_tokens == DEFAULT_MAX_NEW_TOKENS
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", "nf4"), ("false", "none"), ("1", "nf4"), ("off", "none")])
+def test_use_quantization_alias(value, expected):
+    assert Settings.from_env({"USE_QUANTIZATION": value}).quantization == expected
+
+
+def test_quantization_wins_over_the_alias():
+    assert Settings.from_env({"QUANTIZATION": "int8", "USE_QUANTIZATION": "true"}).quantization == "int8"
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"QUANTIZATION": "fp4"}, "QUANTIZATION"),
+        ({"USE_QUANTIZATION": "maybe"}, "USE_QUANTIZATION"),
+        ({"DTYPE": "int4"}, "DTYPE"),
+        ({"DEVICE": "tpu"}, "DEVICE"),
+        ({"MAX_NEW_TOKENS": "lots"}, "MAX_NEW_TOKENS"),
+        ({"MAX_NEW_TOKENS": "0"}, "MAX_NEW_TOKENS"),
+        ({"MAX_NEW_TOKENS": "4096", "MAX_NEW_TOKENS_CAP": "2048"}, "MAX_NEW_TOKENS_CAP"),
+        ({"DUMMY_IMAGE": "sometimes"}, "DUMMY_IMAGE"),
+        ({"MAX_CONCURRENCY": "-1"}, "MAX_CONCURRENCY"),
+        ({"STREAMING": "y e s"}, "STREAMING"),
+    ],
+)
+def test_bad_values_fail_naming_the_variable(env, names):
+    with pytest.raises(SettingsError, match=names):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "fp16", "half"])
+def test_float16_is_refused_with_the_reason(dtype):
+    with pytest.raises(SettingsError, match="NaN"):
+        Settings.from_env({"DTYPE": dtype})
+
+
+def test_hub_ids_pass_through_unchanged():
+    assert resolve_model_id("google/medgemma-1.5-4b-it") == "google/medgemma-1.5-4b-it"
+
+
+def test_model_dir_is_followed_into_its_single_checkpoint_child(tmp_path: Path):
+    (tmp_path / "snapshot").mkdir()
+    (tmp_path / "snapshot" / "config.json").write_text("{}")
+    assert resolve_model_id(str(tmp_path)) == str(tmp_path / "snapshot")
+    assert Settings.from_env({"MODEL_ID": str(tmp_path)}).model_id == str(tmp_path / "snapshot")
+
+
+def test_model_dir_with_config_is_used_as_is(tmp_path: Path):
+    (tmp_path / "config.json").write_text("{}")
+    assert resolve_model_id(str(tmp_path)) == str(tmp_path)
+
+
+def test_model_dir_without_a_checkpoint_is_a_boot_error(tmp_path: Path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    with pytest.raises(SettingsError, match="2 candidate"):
+        resolve_model_id(str(tmp_path))
+    with pytest.raises(SettingsError, match="not a directory"):
+        resolve_model_id(str(tmp_path / "missing"))
+
+
+def test_dotenv_is_read_but_real_environment_wins(tmp_path: Path, monkeypatch):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("MAX_NEW_TOKENS=99\nDUMMY_IMAGE=false\n")
+    monkeypatch.setenv("MAX_NEW_TOKENS", "7")
+    monkeypatch.delenv("DUMMY_IMAGE", raising=False)
+    settings = load_settings(dotenv_path=str(dotenv))
+    assert settings.max_new_tokens == 7 and settings.dummy_image is False
+    monkeypatch.delenv("DUMMY_IMAGE")
+
+
+def test_settings_import_without_heavy_libraries():
+    import subprocess
+    import sys
+
+    code = "import sys, medgemma.settings, medgemma.request, medgemma.prompts, medgemma.engine; " \
+           "print(any(m in sys.modules for m in ('torch', 'transformers')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
