@@ -47,7 +47,7 @@ class Settings:
 
     model_id: str | None  # None: the embedded stand-in
     quantization: str | None  # None: nf4 on CUDA, none on CPU
-    dtype: str
+    dtype: str | None  # None: bfloat16 on CUDA, float32 on CPU
     device: str
     max_new_tokens: int
     max_new_tokens_cap: int
@@ -78,11 +78,11 @@ class Settings:
         legacy = reader.boolean("USE_QUANTIZATION", default=None)
         if quantization is None and legacy is not None:
             quantization = "nf4" if legacy else "none"
-        dtype = reader.text("DTYPE", default="bfloat16").lower()
+        dtype = reader.text("DTYPE", default="auto").lower()
         if dtype in ("float16", "fp16", "half"):
             raise SettingsError(FLOAT16_REFUSAL)
-        if dtype not in DTYPES:
-            raise SettingsError(f"DTYPE must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if dtype not in DTYPES + ("auto",):
+            raise SettingsError(f"DTYPE must be one of auto, {', '.join(DTYPES)}, got {dtype!r}")
         max_new_tokens = reader.integer("MAX_NEW_TOKENS", DEFAULT_MAX_NEW_TOKENS, minimum=1)
         cap = reader.integer("MAX_NEW_TOKENS_CAP", DEFAULT_MAX_NEW_TOKENS_CAP, minimum=1)
         if max_new_tokens > cap:
@@ -91,7 +91,7 @@ class Settings:
         return cls(
             model_id=resolve_model_id(env.get("MODEL_ID", "").strip() or None),
             quantization=quantization,
-            dtype=dtype,
+            dtype=None if dtype == "auto" else dtype,
             device=reader.choice("DEVICE", DEVICES, default="auto"),
             max_new_tokens=max_new_tokens,
             max_new_tokens_cap=cap,

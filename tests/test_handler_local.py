@@ -35,7 +35,7 @@ def assert_answer(result: dict) -> None:
     assert result["finish_reason"] in ("stop", "length")
     assert result["usage"]["prompt_tokens"] > 0
     assert 0 < result["usage"]["completion_tokens"] <= 12  # TEST_ENV's MAX_NEW_TOKENS
-    assert result["model"].startswith("embedded-standin:") and result["run_mode"] == "cpu/none/bfloat16"
+    assert result["model"].startswith("embedded-standin:") and result["run_mode"] == "cpu/none/float32"
     assert {"queue_s", "prepare_s", "time_to_first_token_s", "generate_s", "total_s"} <= set(result["timings"])
 
 

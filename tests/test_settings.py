@@ -12,7 +12,7 @@ def test_defaults_use_the_standin_and_auto_quantization():
     settings = Settings.from_env({})
     assert settings.uses_standin and settings.model_id is None
     assert settings.quantization is None  # resolved per device: nf4 on CUDA, none on CPU
-    assert settings.dtype == "bfloat16" and settings.device == "auto"
+    assert settings.dtype is None and settings.device == "auto"  # bfloat16 on CUDA, float32 on CPU
     assert settings.dummy_image is True and settings.streaming is False
     assert settings.max_new_tokens == DEFAULT_MAX_NEW_TOKENS
 
@@ -50,6 +50,11 @@ def test_bad_values_fail_naming_the_variable(env, names):
 def test_float16_is_refused_with_the_reason(dtype):
     with pytest.raises(SettingsError, match="NaN"):
         Settings.from_env({"DTYPE": dtype})
+
+
+@pytest.mark.parametrize(("value", "expected"), [("auto", None), ("bfloat16", "bfloat16"), ("FLOAT32", "float32")])
+def test_dtype_choices(value, expected):
+    assert Settings.from_env({"DTYPE": value}).dtype == expected
 
 
 def test_hub_ids_pass_through_unchanged():

@@ -1,0 +1,68 @@
+"""Concurrent jobs are generated together, and each gets exactly its answer alone (greedy)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+from PIL import Image
+
+from medgemma.engine import BatchEngine
+from medgemma.images import encode_image
+from medgemma.worker import Worker
+from tests.conftest import run
+
+pytestmark = pytest.mark.model
+
+TEXTS = [
+    "SYNTHETIC. Sodium 128, potassium 5.9, creatinine 2.4. Summarize.",
+    "SYNTHETIC. 71-year-old with new atrial fibrillation, rate 132, started on apixaban 5 mg twice daily and metoprolol.",
+    "What is sepsis?",
+    "SYNTHETIC. CT head without contrast: no acute intracranial haemorrhage. Chronic small vessel ischaemic change.",
+]
+
+
+@pytest.fixture(scope="module")
+def batching_worker(worker):
+    """The session's model behind an engine that waits long enough to batch deterministically."""
+    engine = BatchEngine(worker.model, max_batch_size=8, batch_wait_seconds=1.0)
+    yield Worker(replace(worker.settings, dummy_image=False), worker.model, engine)
+    engine.close()
+
+
+def together(worker: Worker, inputs: list[dict]) -> list[dict]:
+    async def all_at_once():
+        return await asyncio.gather(*(worker.run({"id": f"job-{i}", "input": data}) for i, data in enumerate(inputs)))
+
+    return run(all_at_once())
+
+
+def test_batched_answers_equal_answers_alone(batching_worker, worker):
+    image = encode_image(Image.radial_gradient("L").convert("RGB"))
+    inputs = [{"text": text} for text in TEXTS] + [{"text": TEXTS[0], "image": image}]
+    batched = together(batching_worker, inputs)
+    assert [r["batch_size"] for r in batched] == [5] * 5
+    assert len({r["usage"]["prompt_tokens"] for r in batched}) > 1  # rows really were left-padded
+    for data, result in zip(inputs, batched):
+        alone = run(Worker(batching_worker.settings, worker.model, worker.engine).run({"id": "alone", "input": data}))
+        assert alone["batch_size"] == 1
+        assert result["output"] == alone["output"]
+        assert result["usage"] == alone["usage"] and result["finish_reason"] == alone["finish_reason"]
+
+
+def test_jobs_that_cannot_share_a_batch_wait_for_the_next(batching_worker):
+    inputs = [{"text": TEXTS[0]}, {"text": TEXTS[1], "max_new_tokens": 5}, {"text": TEXTS[2]},
+              {"text": TEXTS[3], "temperature": 0.7, "seed": 1}]
+    results = together(batching_worker, inputs)
+    assert [r["batch_size"] for r in results] == [2, 1, 2, 1]
+    assert results[1]["usage"]["completion_tokens"] <= 5
+
+
+def test_a_bad_job_in_a_batch_fails_alone(batching_worker):
+    inputs = [{"text": TEXTS[0]}, {"text": "1234567890" * 4_000}, {"text": TEXTS[1]}, {"text": TEXTS[2], "mode": "nope"}]
+    results = together(batching_worker, inputs)
+    assert results[1]["error"].startswith("text: the prompt is ")
+    assert results[3] == {"error": "mode: must be one of summarize, general, got 'nope'"}
+    assert [r["batch_size"] for r in (results[0], results[2])] == [2, 2]
+    assert results[0]["output"] and results[2]["output"]
