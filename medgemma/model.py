@@ -81,19 +81,20 @@ class Completion:
     generate_seconds: float
 
 
-def resolve_runtime(settings: Settings) -> tuple[str, str, str]:
+def resolve_runtime(settings: Settings, checkpoint_dtype: str | None = None) -> tuple[str, str, str]:
     """(device, quantization, dtype) for this machine.
 
     Defaults: nf4 + bfloat16 on CUDA; no quantization + float32 on CPU, where
     bfloat16 matmuls without native support run ~2.6x slower end to end (measured on
-    the stand-in on 2 AVX2 cores).
+    the stand-in on 2 AVX2 cores). A pre-quantized checkpoint computes in the dtype it
+    was saved with (``checkpoint_dtype``), so DTYPE=auto follows it.
     """
     cuda = torch.cuda.is_available()
     if settings.device == "cuda" and not cuda:
         raise GenerationFailed("DEVICE=cuda but no CUDA device is available")
     device = "cuda" if settings.device == "auto" and cuda else ("cpu" if settings.device == "auto" else settings.device)
     quantization = settings.quantization or ("nf4" if device == "cuda" else "none")
-    dtype = settings.dtype or ("bfloat16" if device == "cuda" else "float32")
+    dtype = settings.dtype or checkpoint_dtype or ("bfloat16" if device == "cuda" else "float32")
     return device, quantization, dtype
 
 
@@ -113,19 +114,19 @@ def quantization_config(quantization: str, compute_dtype: torch.dtype) -> BitsAn
 
 def load_model(settings: Settings) -> LoadedModel:
     started = time.perf_counter()
-    device, quantization, dtype_name = resolve_runtime(settings)
-    dtype = getattr(torch, dtype_name)
     if settings.uses_standin:
         path = ensure_standin(settings.standin_cache)
         source, location = f"embedded-standin:{path}", str(path)
     else:
         source = location = settings.model_id  # type: ignore[assignment]
     local_only = settings.offline or Path(location).is_dir()
+    model_config_quant, compute_dtype = _checkpoint_quantization(location, local_only)
+    device, quantization, dtype_name = resolve_runtime(settings, compute_dtype)
+    dtype = getattr(torch, dtype_name)
 
     processor = AutoProcessor.from_pretrained(location, local_files_only=local_only)
     processor.tokenizer.padding_side = "left"
     kwargs: dict = {"dtype": dtype, "attn_implementation": "sdpa", "local_files_only": local_only}
-    model_config_quant = _checkpoint_quantization(location, local_only)
     if model_config_quant:  # a pre-quantized checkpoint carries its own config
         quantization = f"{model_config_quant} (pre-quantized)"
     else:
@@ -156,20 +157,22 @@ def load_model(settings: Settings) -> LoadedModel:
     return loaded
 
 
-def _checkpoint_quantization(location: str, local_only: bool) -> str | None:
-    """The quant method a checkpoint was saved with ("nf4"/"int8"), if it was."""
+def _checkpoint_quantization(location: str, local_only: bool) -> tuple[str | None, str | None]:
+    """(quant method, compute dtype) a checkpoint was saved with; (None, None) if unquantized."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(location, local_files_only=local_only)
     quant = getattr(config, "quantization_config", None)
     if not quant:
-        return None
+        return None, None
     quant = quant if isinstance(quant, dict) else quant.to_dict()
+    compute = quant.get("bnb_4bit_compute_dtype")
+    compute = str(compute).removeprefix("torch.") if compute else None
     if quant.get("load_in_4bit"):
-        return quant.get("bnb_4bit_quant_type", "4bit")
+        return quant.get("bnb_4bit_quant_type", "4bit"), compute
     if quant.get("load_in_8bit"):
-        return "int8"
-    return str(quant.get("quant_method", "quantized"))
+        return "int8", None
+    return str(quant.get("quant_method", "quantized")), compute
 
 
 @dataclass

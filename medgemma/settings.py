@@ -73,7 +73,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Parse and validate; raise SettingsError naming the variable on a bad value."""
-        reader = _EnvReader(env)
+        reader = EnvReader(env)
         quantization = reader.choice("QUANTIZATION", QUANTIZATIONS, default=None)
         legacy = reader.boolean("USE_QUANTIZATION", default=None)
         if quantization is None and legacy is not None:
@@ -151,7 +151,7 @@ def resolve_model_id(model_id: str | None) -> str | None:
     )
 
 
-class _EnvReader:
+class EnvReader:
     """Typed access to an env mapping; every failure names the variable."""
 
     def __init__(self, env: Mapping[str, str]):

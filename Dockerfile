@@ -1,0 +1,59 @@
+# syntax=docker/dockerfile:1
+# MedGemma 1.5 4B serverless worker for RunPod (BuildKit, docker's default builder):
+#
+#   docker build -t medgemma-worker .      # weights downloaded at first start (set HF_TOKEN on the endpoint)
+#   docker build --secret id=hf_token,env=HF_TOKEN --build-arg PRELOAD_MODEL=true -t medgemma-worker .
+#   docker build --secret id=hf_token,env=HF_TOKEN --build-arg PRELOAD_MODEL=true --build-arg PREQUANTIZE=true \
+#       -t medgemma-worker:nf4 .           # bakes a ready 4-bit copy instead of the bf16 weights
+
+# Picks the final stage (bottom); declared before the first FROM so that a FROM can read it.
+ARG PREQUANTIZE=false
+
+# RunPod's PyTorch image (github.com/runpod/containers, official-templates/pytorch): Ubuntu
+# 22.04, Python 3.11, CUDA 12.8.1, torch 2.8.0. transformers 5 needs Python >= 3.11 and
+# torch >= 2.6; CUDA 12.8 also covers Blackwell (sm_120). Hosts need a CUDA >= 12.8 driver:
+# restrict the endpoint's allowed CUDA versions accordingly.
+FROM runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04 AS worker
+
+# HF_HOME is where baked weights go; builder/start.sh moves it to a network volume when
+# nothing is baked. RUNPOD_LOG_LEVEL=INFO: at DEBUG the SDK logs every job's input.
+ENV MODEL_ID=google/medgemma-1.5-4b-it \
+    HF_HOME=/models/huggingface \
+    RUNPOD_LOG_LEVEL=INFO \
+    PYTHONUNBUFFERED=1
+WORKDIR /worker
+
+# Dependencies first, so that this layer is rebuilt only when they change.
+COPY builder/requirements.txt builder/requirements.txt
+RUN python -m pip install --no-cache-dir -r builder/requirements.txt
+
+COPY handler.py ./
+COPY medgemma/ medgemma/
+COPY builder/ builder/
+
+# Optional weights (builder/download_model.py). The token is a BuildKit secret file,
+# mounted for this RUN only; an ARG or ENV would be kept in the image's history.
+# $HF_HOME/xet is only the downloader's chunk cache.
+# PREQUANTIZE=true quantizes the downloaded weights to nf4 in the same layer and deletes
+# the bf16 snapshot, so the image keeps only the ~3 GB 4-bit copy; it needs the weights,
+# hence PRELOAD_MODEL=true. A docker build sees no GPU, so this quantizes on the builder's
+# CPU, which bitsandbytes 0.50.2 supports (a pure PyTorch kernel writing the CUDA
+# kernel's packed layout); the GPU then loads the result as is.
+ARG PRELOAD_MODEL=false
+ARG PREQUANTIZE
+RUN --mount=type=secret,id=hf_token python builder/download_model.py \
+ && rm -rf "$HF_HOME/xet" \
+ && if [ "$PREQUANTIZE" = true ]; then \
+        [ "$PRELOAD_MODEL" = true ] || { echo "PREQUANTIZE=true needs PRELOAD_MODEL=true: it quantizes the downloaded weights" >&2; exit 1; }; \
+        HF_HUB_OFFLINE=1 python builder/prequantize.py --output /models/medgemma-1.5-4b-it-nf4 \
+        && rm -rf "$HF_HOME/hub"; \
+    fi
+
+ENTRYPOINT ["/bin/sh", "/worker/builder/start.sh"]
+CMD ["python", "-u", "handler.py"]
+
+# The final image: the worker as built, or the worker serving its pre-quantized copy.
+FROM worker AS prequantize-false
+FROM worker AS prequantize-true
+ENV MODEL_ID=/models/medgemma-1.5-4b-it-nf4
+FROM prequantize-${PREQUANTIZE}

