@@ -2,7 +2,7 @@
 
     python -m bench                 # default run (~10 min on 2 quiet cores), writes bench/RESULTS.md
     python -m bench --quick         # ~2 min smoke run with tiny settings
-    python -m bench --reps 5 --new-tokens 64 --docs 6
+    python -m bench --reps 5 --new-tokens 64 --docs 4 --variant DTYPE=bfloat16
 
 Why it is built this way:
 
@@ -60,14 +60,15 @@ from bench.common import (
 RESULTS_PATH = REPO_ROOT / "bench" / "RESULTS.md"
 CHILD_TIMEOUT_S = 3600
 CONCURRENCY_TARGET = Target(1.5, "x")  # 8 concurrent, batched vs one at a time, on CPU
-# Extra "ours" configurations worth a row on CPU. With 2 cores, OpenMP threads
-# that spin-wait (libgomp's default) stall the engine thread whenever anything
-# else needs a core; PASSIVE makes idle OpenMP threads sleep instead. Others
-# worth a look: DTYPE=bfloat16 (emulated, ~10x slower, on CPUs without
-# AVX512-BF16/AMX), BATCH_WAIT_MS=100.
-DEFAULT_VARIANTS = ("OMP_WAIT_POLICY=PASSIVE",)
+# Extra "ours" configurations (--variant), none by default to keep the run short.
+# Worth a row: DTYPE=bfloat16 (emulated, ~10x slower on CPUs without AVX512-BF16/AMX);
+# OMP_WAIT_POLICY=PASSIVE (with 2 cores, spin-waiting OpenMP threads stalled the
+# engine thread up to ~10x while other processes shared the cores); BATCH_WAIT_MS=100.
+DEFAULT_VARIANTS: tuple[str, ...] = ()
 # Defaults sized for ~10 min on 2 quiet cores, and a smoke run; explicit options win over both.
-NORMAL = {"reps": 3, "new_tokens": 48, "docs": 3, "doc_chars": 1000, "concurrency": "1,4,8"}
+# Measured on 2 quiet AVX2 cores (float32): a 380-token prompt + 48 tokens takes ~9 s, mostly
+# decode (~6 tok/s: the 262k-row lm_head is read every token), so 32 tokens x 2 documents.
+NORMAL = {"reps": 3, "new_tokens": 32, "docs": 2, "doc_chars": 1000, "concurrency": "1,4,8"}
 QUICK = {"reps": 1, "new_tokens": 4, "docs": 1, "doc_chars": 300, "concurrency": "1,4"}
 
 # A child's environment: the stand-in on CPU, offline, quiet; explicit so a
@@ -505,14 +506,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--reps", type=int, help="repetitions of every measurement; the median is reported (3; quick 1)")
     parser.add_argument("--cold-reps", type=int, help="cold-start repetitions (default: --reps)")
-    parser.add_argument("--new-tokens", type=int, help="tokens every job generates, exactly (48; quick 4)")
-    parser.add_argument("--docs", type=int, help="documents from raw/*.md per repetition (3; quick 1)")
+    parser.add_argument("--new-tokens", type=int, help="tokens every job generates, exactly (32; quick 4)")
+    parser.add_argument("--docs", type=int, help="documents from raw/*.md per repetition (2; quick 1)")
     parser.add_argument("--doc-chars", type=int, help="each document is cut to this many characters (1000; quick 300)")
     parser.add_argument("--concurrency", help="concurrent job counts to compare (1,4,8; quick 1,4)")
     parser.add_argument("--skip", default="", help="comma list of: cold, naive, text, concurrency, variants")
     parser.add_argument("--variant", action="append", metavar="NAME=VALUE[,NAME=VALUE]",
                         help="extra 'ours' configuration (environment overrides) measured one job at a time; "
-                             f"repeatable (default: {' and '.join(DEFAULT_VARIANTS)})")
+                             "repeatable, e.g. --variant DTYPE=bfloat16 --variant OMP_WAIT_POLICY=PASSIVE")
     parser.add_argument("--quick", action="store_true", help="smoke run (~2 min on a quiet machine): the quick values above")
     parser.add_argument("--out", default=str(RESULTS_PATH), help=f"where the table is written ({RESULTS_PATH.relative_to(REPO_ROOT)})")
     parser.add_argument("--role", choices=("ours", "naive"), help=argparse.SUPPRESS)
