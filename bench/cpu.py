@@ -60,11 +60,12 @@ from bench.common import (
 RESULTS_PATH = REPO_ROOT / "bench" / "RESULTS.md"
 CHILD_TIMEOUT_S = 3600
 CONCURRENCY_TARGET = Target(1.5, "x")  # 8 concurrent, batched vs one at a time, on CPU
-# Extra "ours" configurations (--variant), none by default to keep the run short.
-# Worth a row: DTYPE=bfloat16 (emulated, ~10x slower on CPUs without AVX512-BF16/AMX);
-# OMP_WAIT_POLICY=PASSIVE (with 2 cores, spin-waiting OpenMP threads stalled the
-# engine thread up to ~10x while other processes shared the cores); BATCH_WAIT_MS=100.
-DEFAULT_VARIANTS: tuple[str, ...] = ()
+# Extra "ours" configurations (--variant), each measured one job at a time. By
+# default OMP_WAIT_POLICY=PASSIVE: with 2 cores and any other process running,
+# libgomp's spin-waiting threads made jobs 4-7x slower in development, PASSIVE
+# did not. Also worth a row: DTYPE=bfloat16 (emulated, ~10x slower on CPUs
+# without AVX512-BF16/AMX), BATCH_WAIT_MS=100.
+DEFAULT_VARIANTS: tuple[str, ...] = ("OMP_WAIT_POLICY=PASSIVE",)
 # Defaults sized for ~10 min on 2 quiet cores, and a smoke run; explicit options win over both.
 # Measured on 2 quiet AVX2 cores (float32): a 380-token prompt + 48 tokens takes ~9 s, mostly
 # decode (~6 tok/s: the 262k-row lm_head is read every token), so 32 tokens x 2 documents.
