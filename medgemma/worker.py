@@ -64,11 +64,10 @@ class Worker:
         started = time.perf_counter()
         try:
             request = self._validate(job)
+            prepared = await self.engine.prepare(request)
             if not request.stream:
-                prepared = await self.engine.prepare(request)
                 yield self._shaped(request, await self.engine.generate(prepared), started)
                 return
-            prepared = await self.engine.prepare(request)
             async for item in self.engine.stream(prepared):
                 if isinstance(item, EngineResult):
                     final = self._shaped(request, item, started)
