@@ -38,6 +38,12 @@ FLOAT16_REFUSAL = (
     "bfloat16 (GPU) or float32 (CPU)"
 )
 
+STATIC_AND_COMPILE_REFUSAL = (
+    "STATIC_CACHE=true and TORCH_COMPILE=true are exclusive: with a static KV cache "
+    "transformers already compiles the decoding step of an unquantized model itself, "
+    "so compiling model.forward on top compiles it twice; set only one of them"
+)
+
 T = TypeVar("T")
 
 
@@ -87,6 +93,10 @@ class Settings:
         cap = reader.integer("MAX_NEW_TOKENS_CAP", DEFAULT_MAX_NEW_TOKENS_CAP, minimum=1)
         if max_new_tokens > cap:
             raise SettingsError(f"MAX_NEW_TOKENS ({max_new_tokens}) must not exceed MAX_NEW_TOKENS_CAP ({cap})")
+        static_cache = reader.boolean("STATIC_CACHE", default=False)
+        torch_compile = reader.boolean("TORCH_COMPILE", default=False)
+        if static_cache and torch_compile:
+            raise SettingsError(STATIC_AND_COMPILE_REFUSAL)
         hf_home = env.get("HF_HOME") or None
         return cls(
             model_id=resolve_model_id(env.get("MODEL_ID", "").strip() or None),
@@ -110,8 +120,8 @@ class Settings:
             max_batch_size=reader.integer("MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, minimum=1),
             batch_wait_ms=reader.integer("BATCH_WAIT_MS", DEFAULT_BATCH_WAIT_MS, minimum=0),
             streaming=reader.boolean("STREAMING", default=False),
-            static_cache=reader.boolean("STATIC_CACHE", default=False),
-            torch_compile=reader.boolean("TORCH_COMPILE", default=False),
+            static_cache=static_cache,
+            torch_compile=torch_compile,
         )
 
 

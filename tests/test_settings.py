@@ -101,3 +101,10 @@ def test_settings_import_without_heavy_libraries():
            "print(any(m in sys.modules for m in ('torch', 'transformers')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_static_cache_and_torch_compile_are_exclusive():
+    with pytest.raises(SettingsError, match="STATIC_CACHE=true and TORCH_COMPILE=true are exclusive"):
+        Settings.from_env({"STATIC_CACHE": "true", "TORCH_COMPILE": "true"})
+    assert Settings.from_env({"STATIC_CACHE": "true"}).static_cache
+    assert Settings.from_env({"TORCH_COMPILE": "true"}).torch_compile
