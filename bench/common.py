@@ -311,21 +311,13 @@ def pin_generation(loaded: Any, **overrides: Any) -> None:
     """Make every ``generate`` of a ``medgemma.model.LoadedModel`` produce exactly max_new_tokens.
 
     A model that stops at EOS after 5 tokens on one path and 64 on another makes
-    a meaningless comparison; ``min_new_tokens`` suppresses EOS until the limit,
+    a meaningless comparison; ``exact_new_tokens`` suppresses EOS until the limit,
     so every path does the same work. ``overrides`` set further GenerationConfig
-    fields (e.g. ``cache_implementation``, ``disable_compile``). Wraps the
-    class's method afresh each call, so calls never stack.
+    fields (e.g. ``cache_implementation``, ``disable_compile``) and replace any
+    set by an earlier call.
     """
-    original = type(loaded)._generation_config.__get__(loaded)
-
-    def pinned(key: Any) -> Any:
-        config = original(key)
-        config.min_new_tokens = key.max_new_tokens
-        for name, value in overrides.items():
-            setattr(config, name, value)
-        return config
-
-    loaded._generation_config = pinned
+    loaded.exact_new_tokens = True
+    loaded.generation_overrides = dict(overrides)
 
 
 class FirstTokenClock:

@@ -327,12 +327,11 @@ def timed_load(path: Path, device: Device, **kwargs: Any) -> tuple[Any, float]:
 def ours_load_kwargs(quantization: str, device: Device) -> dict[str, Any]:
     """The keyword arguments ``medgemma.model.load_model`` passes for a bf16 checkpoint on CUDA."""
     import torch
-    from medgemma.model import quantization_config
+    from medgemma.model import model_load_kwargs
 
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16, "attn_implementation": "sdpa", "device_map": device.map}
-    if quantization != "prequantized":
-        kwargs["quantization_config"] = quantization_config(quantization, torch.bfloat16)
-    return kwargs
+    prequantized = quantization == "prequantized"
+    return model_load_kwargs("nf4" if prequantized else quantization, torch.bfloat16,
+                             "cuda" if device.cuda else "cpu", prequantized=prequantized)
 
 
 # -- the run ----------------------------------------------------------------------------------------------

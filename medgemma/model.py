@@ -112,6 +112,21 @@ def quantization_config(quantization: str, compute_dtype: torch.dtype) -> BitsAn
     return None
 
 
+def model_load_kwargs(quantization: str, dtype: torch.dtype, device: str, prequantized: bool = False) -> dict:
+    """The ``from_pretrained`` keyword arguments for one run mode (the GPU benchmark loads with these too).
+
+    A pre-quantized checkpoint carries its own quantization config, so none is
+    passed; quantized weights are placed by ``device_map`` (bitsandbytes can't ``.to()``).
+    """
+    kwargs: dict = {"dtype": dtype, "attn_implementation": "sdpa"}
+    config = None if prequantized else quantization_config(quantization, dtype)
+    if config is not None:
+        kwargs["quantization_config"] = config
+    if prequantized or quantization != "none":
+        kwargs["device_map"] = {"": device if device == "cpu" else 0}
+    return kwargs
+
+
 def load_model(settings: Settings) -> LoadedModel:
     started = time.perf_counter()
     if settings.uses_standin:
@@ -126,14 +141,10 @@ def load_model(settings: Settings) -> LoadedModel:
 
     processor = AutoProcessor.from_pretrained(location, local_files_only=local_only)
     processor.tokenizer.padding_side = "left"
-    kwargs: dict = {"dtype": dtype, "attn_implementation": "sdpa", "local_files_only": local_only}
-    if model_config_quant:  # a pre-quantized checkpoint carries its own config
+    if model_config_quant:
         quantization = f"{model_config_quant} (pre-quantized)"
-    else:
-        kwargs["quantization_config"] = quantization_config(quantization, dtype)
-    if quantization != "none":
-        kwargs["device_map"] = {"": device if device == "cpu" else 0}
-    model = AutoModelForImageTextToText.from_pretrained(location, **kwargs).eval()
+    kwargs = model_load_kwargs(quantization, dtype, device, prequantized=bool(model_config_quant))
+    model = AutoModelForImageTextToText.from_pretrained(location, local_files_only=local_only, **kwargs).eval()
     if quantization == "none":
         model.to(device)
 
@@ -181,6 +192,11 @@ class LoadedModel:
     model: torch.nn.Module
     info: ModelInfo
     static_cache: bool = False
+    #: Benchmarks only: every job generates exactly its max_new_tokens (EOS suppressed),
+    #: so compared paths do the same work.
+    exact_new_tokens: bool = False
+    #: Further GenerationConfig fields applied to every call (e.g. ``disable_compile``).
+    generation_overrides: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -280,13 +296,15 @@ class LoadedModel:
             else {"do_sample": False}
         )
         extra = {"cache_implementation": "static"} if self.static_cache else {}
+        if self.exact_new_tokens:
+            extra["min_new_tokens"] = key.max_new_tokens
         return GenerationConfig(
             max_new_tokens=key.max_new_tokens,
             eos_token_id=base.eos_token_id,
             pad_token_id=base.pad_token_id,
             bos_token_id=base.bos_token_id,
             **sampling,
-            **extra,
+            **{**extra, **self.generation_overrides},
         )
 
     def _collate(self, batch: list[Prepared]) -> dict[str, torch.Tensor]:
