@@ -2,7 +2,9 @@
 
 The handler is async and must never block RunPod's event loop, so generation runs
 on one dedicated thread that owns the model. Jobs queue up; when the thread is free
-it waits ``batch_wait`` for company, then takes up to ``max_batch_size`` queued
+it waits ``batch_wait`` for company (and up to ``prepare_wait`` longer for
+jobs that have arrived but are still being tokenized, so jobs submitted together
+are not split by tokenization time), then takes up to ``max_batch_size`` queued
 jobs that share the first job's sampling settings (jobs that can't share a batch
 keep their place for the next one) and generates them in one ``generate`` call.
 
@@ -28,6 +30,11 @@ from medgemma.request import GenerationRequest
 log = logging.getLogger(__name__)
 
 _STOP = object()
+
+#: The longest a batch waits, beyond batch_wait, for jobs still being tokenized.
+PREPARE_WAIT_SECONDS = 0.25
+#: How often the gathering thread re-checks whether those jobs are still coming.
+_POLL_SECONDS = 0.005
 
 
 class Backend(Protocol):
@@ -64,18 +71,39 @@ class EngineResult:
 
 
 class BatchEngine:
-    def __init__(self, backend: Backend, max_batch_size: int = 8, batch_wait_seconds: float = 0.02):
+    def __init__(
+        self,
+        backend: Backend,
+        max_batch_size: int = 8,
+        batch_wait_seconds: float = 0.02,
+        prepare_wait_seconds: float = PREPARE_WAIT_SECONDS,
+    ):
         self.backend = backend
         self.max_batch_size = max_batch_size
         self.batch_wait_seconds = batch_wait_seconds
+        # BATCH_WAIT_MS=0 means "never wait for company", tokenizing jobs included.
+        self.prepare_wait_seconds = prepare_wait_seconds if batch_wait_seconds > 0 else 0.0
         self._inbox: queue.Queue = queue.Queue()
         self._waiting: list[_Job] = []
+        self._preparing = 0  # jobs being tokenized: they will be queued in a moment
+        self._preparing_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="medgemma-engine", daemon=True)
         self._thread.start()
 
+    @property
+    def preparing(self) -> int:
+        """Jobs being tokenized right now (they join the queue when done)."""
+        return self._preparing
+
     async def prepare(self, request: GenerationRequest) -> Any:
         """Tokenize off the event loop; raises InputError for prompts that can't fit."""
-        return await asyncio.to_thread(self.backend.prepare, request)
+        with self._preparing_lock:
+            self._preparing += 1
+        try:
+            return await asyncio.to_thread(self.backend.prepare, request)
+        finally:
+            with self._preparing_lock:
+                self._preparing -= 1
 
     async def generate(self, prepared: Any, on_delta: Callable[[str], None] | None = None) -> EngineResult:
         """Queue one prepared job and wait for its completion."""
@@ -122,13 +150,23 @@ class BatchEngine:
             self._serve(batch)
 
     def _gather(self) -> None:
-        """Wait briefly for more jobs to join the first one, then drain the inbox."""
+        """Wait briefly for more jobs to join the first one, then drain the inbox.
+
+        While jobs are still being tokenized the wait stretches, by at most
+        ``prepare_wait_seconds``, so that they can join this batch.
+        """
         deadline = time.perf_counter() + self.batch_wait_seconds
+        stretched = deadline + self.prepare_wait_seconds
         while len(self._waiting) < self.max_batch_size:
-            remaining = deadline - time.perf_counter()
+            remaining = (stretched if self._preparing else deadline) - time.perf_counter()
             try:
-                item = self._inbox.get(timeout=max(remaining, 0)) if remaining > 0 else self._inbox.get_nowait()
+                if remaining > 0:
+                    item = self._inbox.get(timeout=min(remaining, _POLL_SECONDS) if self._preparing else remaining)
+                else:
+                    item = self._inbox.get_nowait()
             except queue.Empty:
+                if remaining > 0:
+                    continue  # re-check: a job may have finished tokenizing, or the window ended
                 return
             if item is _STOP:
                 self._inbox.put(_STOP)

@@ -66,3 +66,20 @@ def test_a_bad_job_in_a_batch_fails_alone(batching_worker):
     assert results[3] == {"error": "mode: must be one of summarize, general, got 'nope'"}
     assert [r["batch_size"] for r in (results[0], results[2])] == [2, 2]
     assert results[0]["output"] and results[2]["output"]
+
+
+def test_jobs_submitted_together_are_not_split_by_tokenization_time(worker):
+    """With a 1 ms window, only waiting for jobs still being tokenized can put all 8 in one batch."""
+    engine = BatchEngine(worker.model, max_batch_size=8, batch_wait_seconds=0.001, prepare_wait_seconds=30.0)
+    try:
+        tight = Worker(replace(worker.settings, dummy_image=False), worker.model, engine)
+        results = together(tight, [{"text": f"{TEXTS[i % len(TEXTS)]} ({i})", "max_new_tokens": 2} for i in range(8)])
+        assert [r["batch_size"] for r in results] == [8] * 8
+        assert engine.preparing == 0
+    finally:
+        engine.close()
+
+
+def test_a_job_that_fails_tokenization_is_no_longer_waited_for(batching_worker):
+    together(batching_worker, [{"text": "1234567890" * 4_000}, {"text": TEXTS[0], "max_new_tokens": 2}])
+    assert batching_worker.engine.preparing == 0
