@@ -20,6 +20,7 @@ FROM runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04 AS worker
 ENV MODEL_ID=google/medgemma-1.5-4b-it \
     HF_HOME=/models/huggingface \
     RUNPOD_LOG_LEVEL=INFO \
+    OMP_WAIT_POLICY=PASSIVE \
     PYTHONUNBUFFERED=1
 WORKDIR /worker
 

@@ -20,9 +20,15 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from medgemma.errors import MedGemmaError
-from medgemma.settings import Settings, load_settings
-from medgemma.worker import Worker
+# OpenMP's default spin-waiting keeps torch's CPU threads busy between parallel
+# regions; with anything else running on a small machine, jobs were 4-11x slower
+# (bench/RESULTS.md). PASSIVE cost nothing on a quiet machine. It only takes effect
+# if set before torch is first imported, which warmup() does; an explicit value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from medgemma.errors import MedGemmaError  # noqa: E402
+from medgemma.settings import Settings, load_settings  # noqa: E402
+from medgemma.worker import Worker  # noqa: E402
 
 log = logging.getLogger("medgemma.handler")
 

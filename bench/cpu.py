@@ -61,11 +61,11 @@ RESULTS_PATH = REPO_ROOT / "bench" / "RESULTS.md"
 CHILD_TIMEOUT_S = 3600
 CONCURRENCY_TARGET = Target(1.5, "x")  # 8 concurrent, batched vs one at a time, on CPU
 # Extra "ours" configurations (--variant), each measured one job at a time. By
-# default OMP_WAIT_POLICY=PASSIVE: with 2 cores and any other process running,
-# libgomp's spin-waiting threads made jobs 4-7x slower in development, PASSIVE
-# did not. Also worth a row: DTYPE=bfloat16 (emulated, ~10x slower on CPUs
-# without AVX512-BF16/AMX), BATCH_WAIT_MS=100.
-DEFAULT_VARIANTS: tuple[str, ...] = ("OMP_WAIT_POLICY=PASSIVE",)
+# default OMP_WAIT_POLICY=ACTIVE, the opposite of the PASSIVE that handler.py sets:
+# with 2 cores and any other process running, libgomp's spin-waiting threads made
+# jobs 4-11x slower in development. Also worth a row: DTYPE=bfloat16 (emulated,
+# ~10x slower on CPUs without AVX512-BF16/AMX), BATCH_WAIT_MS=100.
+DEFAULT_VARIANTS: tuple[str, ...] = ("OMP_WAIT_POLICY=ACTIVE",)
 # Defaults sized for ~10 min on 2 quiet cores, and a smoke run; explicit options win over both.
 # Measured on 2 quiet AVX2 cores (float32): a 380-token prompt + 48 tokens takes ~9 s, mostly
 # decode (~6 tok/s: the 262k-row lm_head is read every token), so 32 tokens x 2 documents.
@@ -184,7 +184,7 @@ def per_rep_mean(values: list[list[float]], unit: str) -> Sample:
 
 
 def parse_variant(text: str) -> dict[str, str]:
-    """``DTYPE=float32,OMP_WAIT_POLICY=PASSIVE`` -> environment overrides for one extra "ours" child."""
+    """``DTYPE=float32,OMP_WAIT_POLICY=ACTIVE`` -> environment overrides for one extra "ours" child."""
     pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
     if not pairs or any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
         raise argparse.ArgumentTypeError(f"--variant must look like NAME=VALUE[,NAME=VALUE], got {text!r}")
@@ -334,7 +334,7 @@ def _is_default(overrides: dict[str, str], ours: dict[str, Any] | None) -> bool:
     """Whether a variant changes nothing (e.g. DTYPE=float32 where float32 is already the default)."""
     if not overrides or ours is None:
         return False
-    effective = {**child_env(), "DTYPE": ours["dtype"]}
+    effective = {**child_env(), "DTYPE": ours["dtype"], "OMP_WAIT_POLICY": ours.get("omp_wait_policy", "")}
     return all(effective.get(key, "").lower() == value.lower() for key, value in overrides.items())
 
 
@@ -400,7 +400,7 @@ def run_naive(spec: dict[str, Any]) -> dict[str, Any]:
             for key, column in zip(("seconds", "ttft", "rate"), zip(*rows)):
                 single[key].append(list(column))
     return {"single": single, "rss": {"single": rss.peak_bytes, "all": rss.peak_bytes},
-            "configuration": "cpu/float32, eager attention, dummy image on every job", "dtype": "float32"}
+            "configuration": "cpu/float32, eager attention, dummy image on every job, OpenMP's default wait policy", "dtype": "float32"}
 
 
 def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
@@ -419,7 +419,7 @@ async def _run_ours(spec: dict[str, Any]) -> dict[str, Any]:
         pin_generation(worker.model)
         info = worker.model.info
         omp = os.environ.get("OMP_WAIT_POLICY")
-        out["dtype"] = info.dtype
+        out["dtype"], out["omp_wait_policy"] = info.dtype, omp or ""
         out["configuration"] = f"run_mode {info.run_mode}, sdpa" + (f", OMP_WAIT_POLICY={omp}" if omp else "")
         documents, new_tokens, reps = spec["documents"], spec["new_tokens"], spec["reps"]
 
@@ -514,7 +514,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip", default="", help="comma list of: cold, naive, text, concurrency, variants")
     parser.add_argument("--variant", action="append", metavar="NAME=VALUE[,NAME=VALUE]",
                         help="extra 'ours' configuration (environment overrides) measured one job at a time; "
-                             "repeatable, e.g. --variant DTYPE=bfloat16 --variant OMP_WAIT_POLICY=PASSIVE")
+                             "repeatable, e.g. --variant DTYPE=bfloat16 --variant OMP_WAIT_POLICY=ACTIVE")
     parser.add_argument("--quick", action="store_true", help="smoke run (~2 min on a quiet machine): the quick values above")
     parser.add_argument("--out", default=str(RESULTS_PATH), help=f"where the table is written ({RESULTS_PATH.relative_to(REPO_ROOT)})")
     parser.add_argument("--role", choices=("ours", "naive"), help=argparse.SUPPRESS)
