@@ -8,6 +8,7 @@ file) and every CLI subprocess runs in a temporary directory with a clean
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,19 @@ def start_double() -> Iterator[Callable[..., RunPodDouble]]:
     yield start
     for double in doubles:
         double.stop()
+
+
+@pytest.fixture
+def interruptible_children() -> Iterator[None]:
+    """CLI subprocesses started in the test get SIGINT's default action, as from a terminal.
+
+    A shell starts background commands with SIGINT ignored and exec keeps it ignored,
+    so a suite launched with ``&`` would start CLIs that Ctrl-C can't reach. A caught
+    signal is reset to its default at exec, so catching it here (main thread) fixes that.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture

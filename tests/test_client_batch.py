@@ -19,6 +19,7 @@ from client_fixtures import (  # noqa: F401
     cli_command,
     cli_env,
     double,
+    interruptible_children,
     make_client,
     run_cli,
     start_double,
@@ -109,7 +110,7 @@ def test_rejected_key_aborts_the_batch(double, tmp_path):
     assert double.count_requests("runsync") == 1
 
 
-def test_ctrl_c_cancels_running_jobs_and_exits_130(start_double, tmp_path):
+def test_ctrl_c_cancels_running_jobs_and_exits_130(start_double, tmp_path, interruptible_children):
     server = start_double(execution_s=30.0)
     write_notes(tmp_path / "raw", 5)
     process = subprocess.Popen(

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from client.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from client_fixtures import cli_command, cli_env, double, run_cli, start_double  # noqa: F401
+from client_fixtures import cli_command, cli_env, double, interruptible_children, run_cli, start_double  # noqa: F401
 from runpod_double import MODEL, fake_answer
 
 pytestmark = pytest.mark.timeout(30)
@@ -129,7 +129,7 @@ def test_verbose_logs_never_show_key_or_note(double, tmp_path):
     assert NOTE not in done.stderr and fake_answer(NOTE) not in done.stderr
 
 
-def test_ctrl_c_cancels_the_remote_job_and_exits_130(double, tmp_path):
+def test_ctrl_c_cancels_the_remote_job_and_exits_130(double, tmp_path, interruptible_children):
     double.slow_text(NOTE, 30.0)
     process = subprocess.Popen(
         cli_command("--text", NOTE, "--async"), env=cli_env(double), cwd=tmp_path,
