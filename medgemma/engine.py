@@ -33,7 +33,7 @@ _STOP = object()
 
 #: The longest a batch waits, beyond batch_wait, for jobs still being tokenized.
 PREPARE_WAIT_SECONDS = 0.25
-#: How often the gathering thread re-checks whether those jobs are still coming.
+#: How often the gathering thread re-checks whether jobs are still being tokenized.
 _POLL_SECONDS = 0.005
 
 
@@ -160,10 +160,7 @@ class BatchEngine:
         while len(self._waiting) < self.max_batch_size:
             remaining = (stretched if self._preparing else deadline) - time.perf_counter()
             try:
-                if remaining > 0:
-                    item = self._inbox.get(timeout=min(remaining, _POLL_SECONDS) if self._preparing else remaining)
-                else:
-                    item = self._inbox.get_nowait()
+                item = self._inbox.get(timeout=min(remaining, _POLL_SECONDS)) if remaining > 0 else self._inbox.get_nowait()
             except queue.Empty:
                 if remaining > 0:
                     continue  # re-check: a job may have finished tokenizing, or the window ended
