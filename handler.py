@@ -77,8 +77,11 @@ def uses_generator(settings: Settings, argv: list[str], env: Mapping[str, str]) 
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         worker = warmup()
     except MedGemmaError as error:  # bad settings or no device: one clear line, exit non-zero

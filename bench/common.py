@@ -137,7 +137,9 @@ class Target:
         met = value >= self.threshold if self.at_least else value <= self.threshold
         if met:
             return "met"
-        short = (self.threshold - value) / self.threshold if self.at_least else (value - self.threshold) / self.threshold
+        short = (
+            (self.threshold - value) / self.threshold if self.at_least else (value - self.threshold) / self.threshold
+        )
         return f"MISSED by {abs(short) * 100:.0f}% ({value:.2f}{self.unit})"
 
 
@@ -159,7 +161,7 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
-    date: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    date: str = field(default_factory=lambda: datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"))
     machine: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -176,7 +178,11 @@ class Report:
 
     def failed(self, what: str, error: BaseException | str) -> None:
         """A broken experiment becomes a row, not a crash: the rest of the table still matters."""
-        message = error if isinstance(error, str) else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        message = (
+            error
+            if isinstance(error, str)
+            else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        )
         self.rows.append(Row(what, f"failed: {message[:200]}", "", "ERROR"))
 
     def markdown(self) -> str:
@@ -226,7 +232,8 @@ def describe_machine() -> list[str]:
         f"native bf16: {bf16}",
         f"RAM: {memory / GIB:.1f} GiB; load average at start: {load}",
         f"GPU: {_gpu_description()}",
-        f"software: Python {platform.python_version()}, " + ", ".join(f"{name} {_version(name)}" for name in ("torch", "transformers", "bitsandbytes", "accelerate")),
+        f"software: Python {platform.python_version()}, "
+        + ", ".join(f"{name} {_version(name)}" for name in ("torch", "transformers", "bitsandbytes", "accelerate")),
         f"OS: {platform.platform()}",
     ]
     return lines
@@ -260,7 +267,10 @@ def _gpu_description() -> str:
     if not torch.cuda.is_available():
         return "none"
     props = torch.cuda.get_device_properties(0)
-    return f"{props.name}, {props.total_memory / GIB:.0f} GiB, CUDA {torch.version.cuda}, driver-visible devices {torch.cuda.device_count()}"
+    devices = torch.cuda.device_count()
+    return (
+        f"{props.name}, {props.total_memory / GIB:.0f} GiB, CUDA {torch.version.cuda}, driver-visible devices {devices}"
+    )
 
 
 def _nvidia_smi() -> str:

@@ -43,11 +43,11 @@ from typing import Any
 
 from bench.common import (
     REPO_ROOT,
-    apply_presets,
     Report,
     RssSampler,
     Sample,
     Target,
+    apply_presets,
     command_line,
     decode_rate,
     fmt_bytes,
@@ -149,8 +149,12 @@ def cold_start(code: str, args: list[str], env: dict[str, str]) -> float:
     """Seconds from spawning ``python -c code`` to its READY line (process start to ready)."""
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-c", code, *args], cwd=REPO_ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-c", code, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     ready = None
     for line in process.stdout:  # type: ignore[union-attr]
@@ -171,7 +175,11 @@ def run_child(name: str, role: str, spec: dict[str, Any], env: dict[str, str], w
     result_path.unlink(missing_ok=True)
     completed = subprocess.run(
         [sys.executable, "-m", "bench.cpu", "--role", role, "--spec", str(spec_path), "--result", str(result_path)],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=CHILD_TIMEOUT_S,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT_S,
     )
     if completed.returncode != 0 or not result_path.is_file():
         raise RuntimeError(f"child {name!r} exited {completed.returncode}: {completed.stderr.strip()[-400:]}")
@@ -214,18 +222,34 @@ def run_parent(args: argparse.Namespace) -> None:
         "peak RSS: psutil resident memory of the child process that does the work, sampled every 20 ms",
     ]
     common_spec = {"documents": documents, "new_tokens": args.new_tokens, "reps": args.reps}
-    print(f"bench: {len(documents)} documents, {args.new_tokens} new tokens, {args.reps} reps; writing {args.out}",
-          file=sys.stderr)
+    print(
+        f"bench: {len(documents)} documents, {args.new_tokens} new tokens, {args.reps} reps; writing {args.out}",
+        file=sys.stderr,
+    )
 
     children: list[tuple[str, str, dict[str, str], dict[str, Any]]] = [
-        ("ours", "ours", {}, {**common_spec, "concurrency": concurrency,
-                              "sections": ["single"] + [name for name in ("text", "concurrency") if name not in skip]}),
+        (
+            "ours",
+            "ours",
+            {},
+            {
+                **common_spec,
+                "concurrency": concurrency,
+                "sections": ["single"] + [name for name in ("text", "concurrency") if name not in skip],
+            },
+        ),
         ("naive", "naive", {}, common_spec),
     ]
     if "variants" not in skip:
         for variant in args.variant if args.variant is not None else DEFAULT_VARIANTS:
-            children.append((f"ours {variant}", "ours", parse_variant(variant),
-                             {**common_spec, "sections": ["single"], "concurrency": []}))
+            children.append(
+                (
+                    f"ours {variant}",
+                    "ours",
+                    parse_variant(variant),
+                    {**common_spec, "sections": ["single"], "concurrency": []},
+                )
+            )
     children = [child for child in children if child[0] not in skip]
 
     results: dict[str, dict[str, Any]] = {}
@@ -257,16 +281,23 @@ def run_parent(args: argparse.Namespace) -> None:
                 continue
             _progress(f"{name} child")
             try:
-                results[name] = run_child(name, role, {**spec, "standin": str(standin)}, child_env(**overrides), workdir)
+                results[name] = run_child(
+                    name, role, {**spec, "standin": str(standin)}, child_env(**overrides), workdir
+                )
             except (RuntimeError, subprocess.TimeoutExpired) as error:
                 failures.append((f"{name} path", error))
             refresh()
     print(report.markdown())
 
 
-def _tabulate(report: Report, cold: dict[str, Sample], results: dict[str, dict[str, Any]], concurrency: list[int],
-              args: argparse.Namespace) -> None:
-    ours, naive = results.get("ours"), results.get("naive")
+def _tabulate(
+    report: Report,
+    cold: dict[str, Sample],
+    results: dict[str, dict[str, Any]],
+    concurrency: list[int],
+    args: argparse.Namespace,
+) -> None:
+    ours, _naive = results.get("ours"), results.get("naive")
 
     if cold:
         report.section("Cold start: spawn `python -c` -> imports -> model loaded (median of reps)")
@@ -285,19 +316,29 @@ def _tabulate(report: Report, cold: dict[str, Sample], results: dict[str, dict[s
         }
         for name, result in results.items()
     }
-    for metric, title in (("ttft", "time to first token"), ("rate", "decode tokens/s"), ("doc", "end-to-end s/document")):
+    for metric, title in (
+        ("ttft", "time to first token"),
+        ("rate", "decode tokens/s"),
+        ("doc", "end-to-end s/document"),
+    ):
         for name, values in single.items():
             report.add(f"{title}, {name}", values[metric].show())
     if ours:
-        report.add("prepare per job, ours (validate, chat template, tokenize, image)",
-                   per_rep_mean(ours["single"]["prepare"], "s").show(3))
+        report.add(
+            "prepare per job, ours (validate, chat template, tokenize, image)",
+            per_rep_mean(ours["single"]["prepare"], "s").show(3),
+        )
     if "ours" in single and "naive" in single:
-        report.add("ours vs naive, one at a time: naive s/doc / ours s/doc",
-                   f"{speedup(single['naive']['doc'], single['ours']['doc']):.2f}x")
+        report.add(
+            "ours vs naive, one at a time: naive s/doc / ours s/doc",
+            f"{speedup(single['naive']['doc'], single['ours']['doc']):.2f}x",
+        )
     for name in single:
         if name.startswith("ours ") and "ours" in single:
-            report.add(f"{name} vs default ours: default s/doc / variant s/doc",
-                       f"{speedup(single['ours']['doc'], single[name]['doc']):.2f}x")
+            report.add(
+                f"{name} vs default ours: default s/doc / variant s/doc",
+                f"{speedup(single['ours']['doc'], single[name]['doc']):.2f}x",
+            )
     for name, result in results.items():
         report.add(f"peak RSS, {name} process, load + one-at-a-time jobs", fmt_bytes(result["rss"]["single"]))
 
@@ -326,8 +367,10 @@ def _tabulate(report: Report, cold: dict[str, Sample], results: dict[str, dict[s
         report.add(f"peak RSS, ours process, incl. batches of {top}", fmt_bytes(ours["rss"]["all"]))
         if "naive" in single:
             per_doc = sample((1 / value for value in ours["concurrency"][str(top)]["batched"]), "s")
-            report.add(f"ours at N={top} batched vs naive: naive s/doc / ours s/doc",
-                       f"{speedup(single['naive']['doc'], per_doc):.2f}x")
+            report.add(
+                f"ours at N={top} batched vs naive: naive s/doc / ours s/doc",
+                f"{speedup(single['naive']['doc'], per_doc):.2f}x",
+            )
 
 
 def _is_default(overrides: dict[str, str], ours: dict[str, Any] | None) -> bool:
@@ -384,23 +427,34 @@ def run_naive(spec: dict[str, Any]) -> dict[str, Any]:
             started = time.perf_counter()
             messages = [
                 {"role": "system", "content": [{"type": "text", "text": SUMMARIZE_PROMPT}]},
-                {"role": "user", "content": [{"type": "image", "image": create_dummy_image()}, {"type": "text", "text": text}]},
+                {
+                    "role": "user",
+                    "content": [{"type": "image", "image": create_dummy_image()}, {"type": "text", "text": text}],
+                },
             ]
             inputs = processor.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
             )
             timing = naive_generate(model, dict(inputs), new_tokens)
-            processor.decode(timing.output_ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-            return time.perf_counter() - started, timing.ttft_s, decode_rate(timing.new_tokens, timing.ttft_s, timing.seconds)
+            processor.decode(timing.output_ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            return (
+                time.perf_counter() - started,
+                timing.ttft_s,
+                decode_rate(timing.new_tokens, timing.ttft_s, timing.seconds),
+            )
 
         one(spec["documents"][0])  # warm-up, not timed
         single: dict[str, list[list[float]]] = {"seconds": [], "ttft": [], "rate": []}
         for _ in range(spec["reps"]):
             rows = [one(text) for text in spec["documents"]]
-            for key, column in zip(("seconds", "ttft", "rate"), zip(*rows)):
+            for key, column in zip(("seconds", "ttft", "rate"), zip(*rows, strict=False), strict=False):
                 single[key].append(list(column))
-    return {"single": single, "rss": {"single": rss.peak_bytes, "all": rss.peak_bytes},
-            "configuration": "cpu/float32, eager attention, dummy image on every job, OpenMP's default wait policy", "dtype": "float32"}
+    return {
+        "single": single,
+        "rss": {"single": rss.peak_bytes, "all": rss.peak_bytes},
+        "configuration": "cpu/float32, eager attention, dummy image on every job, OpenMP's default wait policy",
+        "dtype": "float32",
+    }
 
 
 def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
@@ -446,7 +500,9 @@ async def _run_ours(spec: dict[str, Any]) -> dict[str, Any]:
             per measurement would run on a thread with different OpenMP state.
             """
             worker.engine.max_batch_size = batch_size
-            runner = Worker(replace(settings, max_batch_size=batch_size, max_concurrency=n), worker.model, worker.engine)
+            runner = Worker(
+                replace(settings, max_batch_size=batch_size, max_concurrency=n), worker.model, worker.engine
+            )
             try:
                 started = time.perf_counter()
                 results = await asyncio.gather(*(runner.run(job(index)) for index in range(n)))
@@ -466,7 +522,9 @@ async def _run_ours(spec: dict[str, Any]) -> dict[str, Any]:
             await timed(text_worker, 0)
             out["text"] = {key: [] for key in columns}
         if "concurrency" in sections and spec["concurrency"]:
-            out["concurrency"] = {str(n): {"batched": [], "one_at_a_time": [], "max_batch": 0} for n in spec["concurrency"]}
+            out["concurrency"] = {
+                str(n): {"batched": [], "one_at_a_time": [], "max_batch": 0} for n in spec["concurrency"]
+            }
         # Every repetition runs every measurement in turn, so slow drift of the
         # machine (other load, thermal) spreads over all of them alike.
         for rep in range(reps):
@@ -477,7 +535,7 @@ async def _run_ours(spec: dict[str, Any]) -> dict[str, Any]:
                     text_rows.append(await timed(text_worker, index))
             for target, rows in ((out["single"], single_rows), (out.get("text"), text_rows)):
                 if target is not None and rows:
-                    for key, column in zip(columns, zip(*rows)):
+                    for key, column in zip(columns, zip(*rows, strict=False), strict=False):
                         target[key].append(list(column))
             if rep == 0:
                 out["rss"]["single"] = rss.peak_bytes  # before any batch has run
@@ -505,18 +563,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m bench",
         description="CPU benchmark of the MedGemma worker (embedded stand-in) vs the naive path; writes one table.",
     )
-    parser.add_argument("--reps", type=int, help="repetitions of every measurement; the median is reported (3; quick 1)")
+    parser.add_argument(
+        "--reps", type=int, help="repetitions of every measurement; the median is reported (3; quick 1)"
+    )
     parser.add_argument("--cold-reps", type=int, help="cold-start repetitions (default: --reps)")
     parser.add_argument("--new-tokens", type=int, help="tokens every job generates, exactly (32; quick 4)")
     parser.add_argument("--docs", type=int, help="documents from raw/*.md per repetition (2; quick 1)")
     parser.add_argument("--doc-chars", type=int, help="each document is cut to this many characters (1000; quick 300)")
     parser.add_argument("--concurrency", help="concurrent job counts to compare (1,4,8; quick 1,4)")
     parser.add_argument("--skip", default="", help="comma list of: cold, naive, text, concurrency, variants")
-    parser.add_argument("--variant", action="append", metavar="NAME=VALUE[,NAME=VALUE]",
-                        help="extra 'ours' configuration (environment overrides) measured one job at a time; "
-                             "repeatable, e.g. --variant DTYPE=bfloat16 --variant OMP_WAIT_POLICY=ACTIVE")
-    parser.add_argument("--quick", action="store_true", help="smoke run (~2 min on a quiet machine): the quick values above")
-    parser.add_argument("--out", default=str(RESULTS_PATH), help=f"where the table is written ({RESULTS_PATH.relative_to(REPO_ROOT)})")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        metavar="NAME=VALUE[,NAME=VALUE]",
+        help="extra 'ours' configuration (environment overrides) measured one job at a time; "
+        "repeatable, e.g. --variant DTYPE=bfloat16 --variant OMP_WAIT_POLICY=ACTIVE",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run (~2 min on a quiet machine): the quick values above"
+    )
+    parser.add_argument(
+        "--out", default=str(RESULTS_PATH), help=f"where the table is written ({RESULTS_PATH.relative_to(REPO_ROOT)})"
+    )
     parser.add_argument("--role", choices=("ours", "naive"), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)

@@ -59,11 +59,11 @@ from typing import Any
 
 from bench.common import (
     REPO_ROOT,
-    apply_presets,
     Report,
     Sample,
     Stopwatch,
     Target,
+    apply_presets,
     command_line,
     decode_rate,
     fmt_bytes,
@@ -89,22 +89,49 @@ SECTIONS = ("bf16", "nf4", "batching", "naive", "coldstart", "int8", "static", "
 BOS, BOI, EOI, IMAGE_TOKEN = 2, 255_999, 256_000, 262_144
 EOS_IDS, PAD = [1, 106], 0
 TEXT_SHAPES: dict[str, Any] = dict(
-    vocab_size=262_208, hidden_size=2560, num_hidden_layers=34, num_attention_heads=8, num_key_value_heads=4,
-    head_dim=256, intermediate_size=10_240, sliding_window=1024, query_pre_attn_scalar=256,
-    max_position_embeddings=131_072, rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh",
+    vocab_size=262_208,
+    hidden_size=2560,
+    num_hidden_layers=34,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=256,
+    intermediate_size=10_240,
+    sliding_window=1024,
+    query_pre_attn_scalar=256,
+    max_position_embeddings=131_072,
+    rms_norm_eps=1e-6,
+    hidden_activation="gelu_pytorch_tanh",
 )
 VISION_SHAPES: dict[str, Any] = dict(
-    image_size=896, patch_size=14, hidden_size=1152, num_hidden_layers=27, intermediate_size=4304,
-    num_attention_heads=16, layer_norm_eps=1e-6, vision_use_head=False,
+    image_size=896,
+    patch_size=14,
+    hidden_size=1152,
+    num_hidden_layers=27,
+    intermediate_size=4304,
+    num_attention_heads=16,
+    layer_norm_eps=1e-6,
+    vision_use_head=False,
 )
 MM_TOKENS = 256
 SLIDING_PATTERN = 6  # 5 local layers then 1 global
 ROPE = {"global": 1_000_000.0, "local": 10_000.0, "linear_factor": 8.0}
 # Plumbing check without a GPU (--cpu-dry-run): the same code on toy shapes.
-TINY_TEXT: dict[str, Any] = {**TEXT_SHAPES, "hidden_size": 64, "num_hidden_layers": 6, "head_dim": 16,
-                             "intermediate_size": 128, "sliding_window": 64}
-TINY_VISION: dict[str, Any] = {**VISION_SHAPES, "image_size": 56, "hidden_size": 32, "num_hidden_layers": 2,
-                               "intermediate_size": 64, "num_attention_heads": 2}
+TINY_TEXT: dict[str, Any] = {
+    **TEXT_SHAPES,
+    "hidden_size": 64,
+    "num_hidden_layers": 6,
+    "head_dim": 16,
+    "intermediate_size": 128,
+    "sliding_window": 64,
+}
+TINY_VISION: dict[str, Any] = {
+    **VISION_SHAPES,
+    "image_size": 56,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "intermediate_size": 64,
+    "num_attention_heads": 2,
+}
 TINY_MM_TOKENS = 4
 
 # Job set for batching and the naive comparison: prompt lengths spread around
@@ -126,17 +153,33 @@ def build_config(tiny: bool) -> Any:
     ]
     common = dict(shapes, layer_types=layer_types, eos_token_id=EOS_IDS, pad_token_id=PAD, bos_token_id=BOS)
     try:  # transformers 5: one rope dict per attention type
-        text = Gemma3TextConfig(**common, rope_parameters={
-            "full_attention": {"rope_type": "linear", "factor": ROPE["linear_factor"], "rope_theta": ROPE["global"]},
-            "sliding_attention": {"rope_type": "default", "rope_theta": ROPE["local"]},
-        })
+        text = Gemma3TextConfig(
+            **common,
+            rope_parameters={
+                "full_attention": {
+                    "rope_type": "linear",
+                    "factor": ROPE["linear_factor"],
+                    "rope_theta": ROPE["global"],
+                },
+                "sliding_attention": {"rope_type": "default", "rope_theta": ROPE["local"]},
+            },
+        )
     except TypeError:  # transformers 4.x spelling
-        text = Gemma3TextConfig(**common, rope_theta=ROPE["global"], rope_local_base_freq=ROPE["local"],
-                                rope_scaling={"rope_type": "linear", "factor": ROPE["linear_factor"]})
+        text = Gemma3TextConfig(
+            **common,
+            rope_theta=ROPE["global"],
+            rope_local_base_freq=ROPE["local"],
+            rope_scaling={"rope_type": "linear", "factor": ROPE["linear_factor"]},
+        )
     vision = SiglipVisionConfig(**(TINY_VISION if tiny else VISION_SHAPES))
     return Gemma3Config(
-        text_config=text, vision_config=vision, mm_tokens_per_image=TINY_MM_TOKENS if tiny else MM_TOKENS,
-        boi_token_index=BOI, eoi_token_index=EOI, image_token_index=IMAGE_TOKEN, eos_token_id=EOS_IDS,
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=TINY_MM_TOKENS if tiny else MM_TOKENS,
+        boi_token_index=BOI,
+        eoi_token_index=EOI,
+        image_token_index=IMAGE_TOKEN,
+        eos_token_id=EOS_IDS,
     )
 
 
@@ -177,8 +220,12 @@ def as_loaded(model: Any, label: str, load_seconds: float, **overrides: Any) -> 
 
     device = str(next(model.parameters()).device.type)
     info = ModelInfo(
-        source=f"random-weights:{label}", run_mode=f"{device}/{label}", device=device, dtype="bfloat16",
-        quantization=label, load_seconds=round(load_seconds, 2),
+        source=f"random-weights:{label}",
+        run_mode=f"{device}/{label}",
+        device=device,
+        dtype="bfloat16",
+        quantization=label,
+        load_seconds=round(load_seconds, 2),
         context_length=int(model.config.get_text_config().max_position_embeddings),
     )
     loaded = LoadedModel(processor=_IdsOnlyProcessor(), model=model, info=info)
@@ -201,6 +248,7 @@ class Shape:
 def make_prepared(shape: Shape, config: Any, seed: int) -> Any:
     """A ``medgemma.model.Prepared`` built from token ids, laid out like the chat template's output."""
     import torch
+
     from medgemma.model import Prepared
     from medgemma.request import GenerationRequest
 
@@ -218,8 +266,13 @@ def make_prepared(shape: Shape, config: Any, seed: int) -> Any:
         types[len(head) + 1 : len(head) + 1 + mm] = 1
         size = config.vision_config.image_size
         pixels = torch.ones((1, 3, size, size))  # a white image after (x - 0.5) / 0.5 normalisation
-    request = GenerationRequest(text="(token ids)", system_prompt="", mode="summarize", used_dummy_image=shape.image,
-                                max_new_tokens=shape.new_tokens)
+    request = GenerationRequest(
+        text="(token ids)",
+        system_prompt="",
+        mode="summarize",
+        used_dummy_image=shape.image,
+        max_new_tokens=shape.new_tokens,
+    )
     return Prepared(request=request, input_ids=text, token_type_ids=types, pixel_values=pixels, prepare_seconds=0.0)
 
 
@@ -291,9 +344,12 @@ def measure_single(loaded: Any, prepared: Any, reps: int, device: Device, baseli
             raise RuntimeError(f"expected {prepared.request.max_new_tokens} tokens, got {completion.completion_tokens}")
         ttft.append(completion.time_to_first_token)
         seconds.append(completion.generate_seconds)
-        rate.append(decode_rate(completion.completion_tokens, completion.time_to_first_token, completion.generate_seconds))
-    return SingleJob(sample(ttft, "s"), sample(rate, "tok/s"), sample(seconds, "s"), first.seconds,
-                     device.peak() - baseline)
+        rate.append(
+            decode_rate(completion.completion_tokens, completion.time_to_first_token, completion.generate_seconds)
+        )
+    return SingleJob(
+        sample(ttft, "s"), sample(rate, "tok/s"), sample(seconds, "s"), first.seconds, device.peak() - baseline
+    )
 
 
 def concurrent_docs_per_second(engine: Any, jobs: list[Any], max_batch_size: int) -> tuple[float, int]:
@@ -327,11 +383,16 @@ def timed_load(path: Path, device: Device, **kwargs: Any) -> tuple[Any, float]:
 def ours_load_kwargs(quantization: str, device: Device) -> dict[str, Any]:
     """The keyword arguments ``medgemma.model.load_model`` passes for a bf16 checkpoint on CUDA."""
     import torch
+
     from medgemma.model import model_load_kwargs
 
     prequantized = quantization == "prequantized"
-    return model_load_kwargs("nf4" if prequantized else quantization, torch.bfloat16,
-                             "cuda" if device.cuda else "cpu", prequantized=prequantized)
+    return model_load_kwargs(
+        "nf4" if prequantized else quantization,
+        torch.bfloat16,
+        "cuda" if device.cuda else "cpu",
+        prequantized=prequantized,
+    )
 
 
 # -- the run ----------------------------------------------------------------------------------------------
@@ -356,8 +417,15 @@ class Run:
 
     def job_set(self, count: int) -> list[Any]:
         return [
-            make_prepared(Shape(max(32, int(self.args.prompt_len * JOB_LENGTH_FACTORS[index % len(JOB_LENGTH_FACTORS)])),
-                                True, self.args.new_tokens), self.config, seed=100 + index)
+            make_prepared(
+                Shape(
+                    max(32, int(self.args.prompt_len * JOB_LENGTH_FACTORS[index % len(JOB_LENGTH_FACTORS)])),
+                    True,
+                    self.args.new_tokens,
+                ),
+                self.config,
+                seed=100 + index,
+            )
             for index in range(count)
         ]
 
@@ -402,7 +470,9 @@ class Run:
 
     # 1.
     def bf16_section(self) -> None:
-        self.bf16_single = measure_single(self.bf16, make_prepared(self.shape, self.config, 1), self.reps, self.device, 0)
+        self.bf16_single = measure_single(
+            self.bf16, make_prepared(self.shape, self.config, 1), self.reps, self.device, 0
+        )
         self.add_single("bf16, batch 1, dummy image", self.bf16_single, BF16_DECODE_TARGET)
 
     # 2. + 3.
@@ -412,23 +482,36 @@ class Run:
         self.quantize_at_load_s.append(load_s)
         weights = self.device.allocated() - base
         self.report.add("nf4: quantize-at-load time (bf16 checkpoint on local disk)", f"{load_s:.1f} s")
-        self.report.add("nf4: weights (memory_allocated after load)", fmt_bytes(weights), NF4_WEIGHTS_TARGET, weights / 1e9)
+        self.report.add(
+            "nf4: weights (memory_allocated after load)", fmt_bytes(weights), NF4_WEIGHTS_TARGET, weights / 1e9
+        )
         ours = as_loaded(model, "nf4", load_s)
         image = measure_single(ours, make_prepared(self.shape, self.config, 1), self.reps, self.device, base)
         self.add_single("nf4 (ours), batch 1, dummy image", image)
-        text = measure_single(ours, make_prepared(Shape(self.args.prompt_len, False, self.args.new_tokens), self.config, 1),
-                              self.reps, self.device, base)
+        text = measure_single(
+            ours,
+            make_prepared(Shape(self.args.prompt_len, False, self.args.new_tokens), self.config, 1),
+            self.reps,
+            self.device,
+            base,
+        )
         self.report.add("nf4 (ours), batch 1, text only: seconds per job", text.seconds.show(3))
-        self.report.add("dummy image cost on nf4: dummy s/job / text-only s/job", f"{speedup(image.seconds, text.seconds):.2f}x")
+        self.report.add(
+            "dummy image cost on nf4: dummy s/job / text-only s/job", f"{speedup(image.seconds, text.seconds):.2f}x"
+        )
         self.report.add("nf4 (ours), text only: time to first token", text.ttft.show(3))
         if "static" not in self.skip:
             pin_generation(ours, cache_implementation="static")  # bitsandbytes models are never auto-compiled
             static = measure_single(ours, make_prepared(self.shape, self.config, 1), self.reps, self.device, base)
             pin_generation(ours)
-            self.report.add("nf4 + static KV cache (STATIC_CACHE=true; not compiled: bnb is not compileable)",
-                            f"{static.rate.show(1)}; {static.seconds.show(3)} per job")
-            self.report.add("nf4 static cache vs dynamic: dynamic s/job / static s/job",
-                            f"{speedup(image.seconds, static.seconds):.2f}x")
+            self.report.add(
+                "nf4 + static KV cache (STATIC_CACHE=true; not compiled: bnb is not compileable)",
+                f"{static.rate.show(1)}; {static.seconds.show(3)} per job",
+            )
+            self.report.add(
+                "nf4 static cache vs dynamic: dynamic s/job / static s/job",
+                f"{speedup(image.seconds, static.seconds):.2f}x",
+            )
         if "batching" not in self.skip:
             self.report.section("nf4 (ours): N concurrent jobs through BatchEngine, max_batch_size=N vs 1")
             self.batching(ours)
@@ -484,8 +567,12 @@ class Run:
             "attn_implementation='eager', a dummy image on every job, one model.generate per job, one job at a time"
         )
         base = self.device.allocated()
-        kwargs = {"dtype": torch.float16, "attn_implementation": "eager", "device_map": self.device.map,
-                  "quantization_config": _naive_quantization()}
+        kwargs = {
+            "dtype": torch.float16,
+            "attn_implementation": "eager",
+            "device_map": self.device.map,
+            "quantization_config": _naive_quantization(),
+        }
         model, load_s = timed_load(self.scratch / "bf16", self.device, **kwargs)
         model.generation_config.eos_token_id, model.generation_config.pad_token_id = EOS_IDS, PAD
         self.report.add("naive: load (quantize at load, float16)", f"{load_s:.1f} s")
@@ -509,12 +596,18 @@ class Run:
         self.report.add(f"naive: end-to-end s/document ({len(inputs)} jobs one at a time)", naive.show(3))
         self.report.add("naive: peak memory during generation", fmt_bytes(self.device.peak() - base))
         if self.ours_sequential_per_doc is not None:
-            self.report.add("ours one at a time vs naive: naive s/doc / ours s/doc",
-                            f"{speedup(naive, self.ours_sequential_per_doc):.2f}x")
+            self.report.add(
+                "ours one at a time vs naive: naive s/doc / ours s/doc",
+                f"{speedup(naive, self.ours_sequential_per_doc):.2f}x",
+            )
         if self.ours_batched_per_doc is not None:
             ratio = speedup(naive, self.ours_batched_per_doc)
-            self.report.add(f"ours (batched, N={max(self.concurrency)}) vs naive: naive s/doc / ours s/doc",
-                            f"{ratio:.2f}x", NAIVE_TARGET, ratio)
+            self.report.add(
+                f"ours (batched, N={max(self.concurrency)}) vs naive: naive s/doc / ours s/doc",
+                f"{ratio:.2f}x",
+                NAIVE_TARGET,
+                ratio,
+            )
         del model, inputs
         self.device.free()
 
@@ -528,7 +621,7 @@ class Run:
             del model
             self.device.free()
         prequantized = []
-        for rep in range(self.reps):  # interleaved so cache state and drift hit both alike
+        for _rep in range(self.reps):  # interleaved so cache state and drift hit both alike
             model, seconds = timed_load(nf4_dir, self.device, **ours_load_kwargs("prequantized", self.device))
             prequantized.append(seconds)
             del model
@@ -542,11 +635,20 @@ class Run:
         ratio = speedup(quant, pre)
         self.report.add("load pre-quantized nf4 checkpoint", pre.show(2))
         self.report.add("quantize bf16 checkpoint at load (nf4)", quant.show(2))
-        self.report.add("pre-quantized vs quantize-at-load: quantize s / pre-quantized s", f"{ratio:.2f}x",
-                        PREQUANTIZED_TARGET, ratio)
-        sizes = {name: sum(path.stat().st_size for path in (self.scratch / name).glob("*.safetensors")) for name in ("bf16", "nf4")}
-        self.report.add("checkpoint size on disk: bf16 / pre-quantized nf4",
-                        f"{sizes['bf16'] / 1e9:.2f} GB / {sizes['nf4'] / 1e9:.2f} GB")
+        self.report.add(
+            "pre-quantized vs quantize-at-load: quantize s / pre-quantized s",
+            f"{ratio:.2f}x",
+            PREQUANTIZED_TARGET,
+            ratio,
+        )
+        sizes = {
+            name: sum(path.stat().st_size for path in (self.scratch / name).glob("*.safetensors"))
+            for name in ("bf16", "nf4")
+        }
+        self.report.add(
+            "checkpoint size on disk: bf16 / pre-quantized nf4",
+            f"{sizes['bf16'] / 1e9:.2f} GB / {sizes['nf4'] / 1e9:.2f} GB",
+        )
 
     # 6.
     def int8_section(self) -> None:
@@ -556,19 +658,26 @@ class Run:
         self.report.add("int8: quantize-at-load time", f"{load_s:.1f} s")
         self.report.add("int8: weights (memory_allocated after load)", fmt_bytes(weights))
         loaded = as_loaded(model, "int8", load_s)
-        self.add_single("int8, batch 1, dummy image", measure_single(loaded, make_prepared(self.shape, self.config, 1),
-                                                                   self.reps, self.device, base))
+        self.add_single(
+            "int8, batch 1, dummy image",
+            measure_single(loaded, make_prepared(self.shape, self.config, 1), self.reps, self.device, base),
+        )
         del loaded, model
         self.device.free()
 
     # 7.
     def static_section(self) -> None:
-        self._bf16_variant("bf16 + static KV cache, no compile (disable_compile=True)",
-                           cache_implementation="static", disable_compile=True)
+        self._bf16_variant(
+            "bf16 + static KV cache, no compile (disable_compile=True)",
+            cache_implementation="static",
+            disable_compile=True,
+        )
 
     def compile_section(self) -> None:
-        self._bf16_variant("bf16 + static KV cache + transformers' automatic torch.compile (STATIC_CACHE=true)",
-                           cache_implementation="static")
+        self._bf16_variant(
+            "bf16 + static KV cache + transformers' automatic torch.compile (STATIC_CACHE=true)",
+            cache_implementation="static",
+        )
 
     def lead_compile_section(self) -> None:
         """The worker's TORCH_COMPILE=true: model.forward compiled (reduce-overhead, dynamic), dynamic cache."""
@@ -593,8 +702,10 @@ class Run:
         self.report.add(f"{label}: first call (includes any compilation)", f"{result.first_call_s:.1f} s")
         self.report.add(f"{label}: decode tokens/s", result.rate.show(1), BF16_DECODE_TARGET, result.rate.median)
         self.report.add(f"{label}: time to first token", result.ttft.show(3))
-        self.report.add(f"{label} vs plain bf16: plain s/job / this s/job",
-                        f"{speedup(self.bf16_single.seconds, result.seconds):.2f}x")
+        self.report.add(
+            f"{label} vs plain bf16: plain s/job / this s/job",
+            f"{speedup(self.bf16_single.seconds, result.seconds):.2f}x",
+        )
 
 
 def _naive_quantization() -> Any:
@@ -602,8 +713,12 @@ def _naive_quantization() -> Any:
     import torch
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.float16)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float16,
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -611,8 +726,11 @@ def run(args: argparse.Namespace) -> None:
 
     device_name = "cpu" if args.cpu_dry_run else "cuda"
     if device_name == "cuda" and not torch.cuda.is_available():
-        print("bench.gpu: no CUDA device is available (torch.cuda.is_available() is False); this benchmark needs one. "
-              "Use `python -m bench` for the CPU benchmark.", file=sys.stderr)
+        print(
+            "bench.gpu: no CUDA device is available (torch.cuda.is_available() is False); this benchmark needs one. "
+            "Use `python -m bench` for the CPU benchmark.",
+            file=sys.stderr,
+        )
         sys.exit(2)
     out = Path(args.out)
     title = "MedGemma worker benchmark: GPU, MedGemma 1.5 4B shapes, random weights"
@@ -646,13 +764,18 @@ def run(args: argparse.Namespace) -> None:
             raise SystemExit("bench.gpu: the model could not be built; see the table")
         bench.section("bf16", "bf16, our path, one job", bench.bf16_section)
         bench.section("nf4", "nf4, our GPU default (bf16 compute, sdpa)", bench.nf4_section)
-        bench.section("naive", "naive path (nf4 + float16 compute, eager, dummy image, one generate per job)",
-                      bench.naive_section)
-        bench.section("coldstart", "cold start: pre-quantized nf4 checkpoint vs quantizing at load", bench.coldstart_section)
+        bench.section(
+            "naive", "naive path (nf4 + float16 compute, eager, dummy image, one generate per job)", bench.naive_section
+        )
+        bench.section(
+            "coldstart", "cold start: pre-quantized nf4 checkpoint vs quantizing at load", bench.coldstart_section
+        )
         bench.section("static", "bf16 static KV cache", bench.static_section)
         bench.section("int8", "int8 (bitsandbytes LLM.int8)", bench.int8_section)
         bench.section("compile", "bf16 static KV cache + torch.compile", bench.compile_section)
-        bench.section("lead-compile", "bf16 TORCH_COMPILE=true as medgemma.model applies it", bench.lead_compile_section)
+        bench.section(
+            "lead-compile", "bf16 TORCH_COMPILE=true as medgemma.model applies it", bench.lead_compile_section
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         report.write()
@@ -664,21 +787,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m bench.gpu",
         description="GPU benchmark of the MedGemma worker on a random-weight model with MedGemma 1.5 4B's shapes.",
     )
-    parser.add_argument("--out", default=os.environ.get("OUT") or str(REPO_ROOT / "bench" / "out"),
-                        help="directory for RESULTS-gpu.md ($OUT, else bench/out)")
-    parser.add_argument("--reps", type=int, help="repetitions of every measurement; the median is reported (3; quick 1)")
+    parser.add_argument(
+        "--out",
+        default=os.environ.get("OUT") or str(REPO_ROOT / "bench" / "out"),
+        help="directory for RESULTS-gpu.md ($OUT, else bench/out)",
+    )
+    parser.add_argument(
+        "--reps", type=int, help="repetitions of every measurement; the median is reported (3; quick 1)"
+    )
     parser.add_argument("--prompt-len", type=int, help="text tokens per prompt (512; quick 128)")
     parser.add_argument("--new-tokens", type=int, help="tokens every job generates, exactly (64; quick 8)")
     parser.add_argument("--concurrency", help="concurrent job counts (1,4,8)")
-    parser.add_argument("--skip", help=f"comma list of sections to skip: {', '.join(SECTIONS)} "
-                                       "(quick: compile, lead-compile)")
-    parser.add_argument("--budget-s", type=float, default=450,
-                        help="start no new section after this many seconds (450); skipped sections say so, "
-                             "and a second run with --skip of the finished ones completes the table")
-    parser.add_argument("--scratch", default=None, help="directory for the temporary checkpoints (~12 GB; default: $TMPDIR)")
+    parser.add_argument(
+        "--skip", help=f"comma list of sections to skip: {', '.join(SECTIONS)} (quick: compile, lead-compile)"
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=450,
+        help="start no new section after this many seconds (450); skipped sections say so, "
+        "and a second run with --skip of the finished ones completes the table",
+    )
+    parser.add_argument(
+        "--scratch", default=None, help="directory for the temporary checkpoints (~12 GB; default: $TMPDIR)"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run (~2 min): the quick values above")
-    parser.add_argument("--cpu-dry-run", action="store_true",
-                        help="check the script's plumbing without a GPU: toy shapes on CPU, numbers meaningless")
+    parser.add_argument(
+        "--cpu-dry-run",
+        action="store_true",
+        help="check the script's plumbing without a GPU: toy shapes on CPU, numbers meaningless",
+    )
     args = parser.parse_args(argv)
     apply_presets(args, NORMAL, QUICK)
     unknown = set(filter(None, args.skip.split(","))) - set(SECTIONS)

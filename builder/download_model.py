@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for medgemma
 
 from medgemma.errors import SettingsError
-from medgemma.settings import Settings, EnvReader
+from medgemma.settings import EnvReader, Settings
 
 SECRET_FILE = Path("/run/secrets/hf_token")
 # Other frameworks' copies of the weights, which the worker never reads.
@@ -31,13 +31,17 @@ IGNORE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.onnx", "*.g
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--token-file", type=Path, default=SECRET_FILE,
+        "--token-file",
+        type=Path,
+        default=SECRET_FILE,
         help=f"file holding the Hugging Face token (default: the BuildKit secret {SECRET_FILE})",
     )
     args = parser.parse_args(argv)
     try:
         if not EnvReader(os.environ).boolean("PRELOAD_MODEL", default=False):
-            print("download_model: PRELOAD_MODEL is not true; skipped (the worker downloads the weights at its first start)")
+            print(
+                "download_model: PRELOAD_MODEL is not true; skipped (the worker downloads the weights at its first start)"
+            )
             return
         model_id = Settings.from_env(os.environ).model_id
     except SettingsError as error:

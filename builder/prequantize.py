@@ -37,7 +37,11 @@ if TYPE_CHECKING:
     from medgemma.model import Completion, LoadedModel
 
 # A synthetic note: the check needs tokens out, not a good answer.
-CHECK_JOB = {"text": "SYNTHETIC NOTE. Cough for 3 days, no fever. Chest clear.", "mode": "summarize", "max_new_tokens": 4}
+CHECK_JOB = {
+    "text": "SYNTHETIC NOTE. Cough for 3 days, no fever. Chest clear.",
+    "mode": "summarize",
+    "max_new_tokens": 4,
+}
 CHECKPOINT_FILES = ("generation_config.json",)  # kept from the source: load_model rewrites it in memory
 # The GPU's compute dtype, saved into the checkpoint's quantization_config. The reload
 # uses it too: load_model's CPU default (float32) would clash with the saved bf16 compute.
@@ -86,7 +90,12 @@ def prequantize(model: str | None, output: Path, env: Mapping[str, str]) -> Repo
 
     base = Settings.from_env(env)
     quantizing = Settings.from_env(
-        {**env, "MODEL_ID": model or str(ensure_standin(base.standin_cache)), "QUANTIZATION": "nf4", "DTYPE": COMPUTE_DTYPE}
+        {
+            **env,
+            "MODEL_ID": model or str(ensure_standin(base.standin_cache)),
+            "QUANTIZATION": "nf4",
+            "DTYPE": COMPUTE_DTYPE,
+        }
     )
     source = str(quantizing.model_id)  # resolved: a local download's nested snapshot dir is followed
     loaded = load_model(quantizing)

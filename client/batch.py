@@ -104,8 +104,10 @@ class BatchRun:
     def note_possible_duplicate(self, label: str | None, error: APIError) -> None:
         with self._lock:
             self.report.possible_duplicates += 1
-        self._say(f"warning: {label}: answer to the submission was lost ({error}); "
-                  "re-submitting, so this document may be processed twice")
+        self._say(
+            f"warning: {label}: answer to the submission was lost ({error}); "
+            "re-submitting, so this document may be processed twice"
+        )
 
     def run(self, client: MedGemmaClient) -> BatchReport:
         """Process the batch; Ctrl-C cancels running jobs and returns an ``interrupted`` report."""
@@ -137,8 +139,10 @@ class BatchRun:
         workers = min(self.options.concurrency, len(todo))
         for number in range(workers):
             threading.Thread(
-                target=self._worker, args=(client, pending, outcomes),
-                name=f"batch-{number}", daemon=True,
+                target=self._worker,
+                args=(client, pending, outcomes),
+                name=f"batch-{number}",
+                daemon=True,
             ).start()
         with tqdm(total=len(todo), unit="doc", file=self._stderr, disable=None) as progress:
             finished_workers = 0
@@ -188,7 +192,9 @@ class BatchRun:
                 self._submitting += 1
             try:
                 job = client.run(
-                    text, sync=not self.options.use_async, label=document.id,
+                    text,
+                    sync=not self.options.use_async,
+                    label=document.id,
                     **self.options.input_options,
                 )
             finally:
@@ -232,8 +238,10 @@ class BatchRun:
                 self._say(f"could not cancel job {job.id} ({job.label}): {exc}")
         message = f"interrupted: cancelled {cancelled} running job(s)"
         if submitting:
-            message += (f"; {submitting} submission(s) had no job id yet and may still run"
-                        " (use --async to make every job cancellable)")
+            message += (
+                f"; {submitting} submission(s) had no job id yet and may still run"
+                " (use --async to make every job cancellable)"
+            )
         return message + "; finished summaries are kept, run again to resume"
 
     def _finish(self, attempted: int) -> None:

@@ -69,35 +69,47 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--health", action="store_true", help="print the endpoint's health")
 
     job = parser.add_argument_group("job options")
-    job.add_argument("--image", type=Path, action="append", default=[], metavar="PATH",
-                     help="attach an image file (repeatable)")
-    job.add_argument("--mode", choices=("summarize", "general"),
-                     help="worker mode (worker default: summarize)")
+    job.add_argument(
+        "--image", type=Path, action="append", default=[], metavar="PATH", help="attach an image file (repeatable)"
+    )
+    job.add_argument("--mode", choices=("summarize", "general"), help="worker mode (worker default: summarize)")
     job.add_argument("--system-prompt", metavar="TEXT", help="replace the worker's system prompt")
     job.add_argument("--max-tokens", type=_positive_int, metavar="N", help="maximum new tokens")
     job.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
-    job.add_argument("--async", dest="use_async", action="store_true",
-                     help="submit with /run and poll /status instead of /runsync")
-    job.add_argument("--stream", action="store_true",
-                     help="print the answer as it is generated (uses /run and /stream)")
-    job.add_argument("--json", action="store_true",
-                     help="print the whole normalised result as JSON")
-    job.add_argument("--timeout", type=float, default=WAIT_TIMEOUT_S, metavar="SECONDS",
-                     help=f"give up (and cancel) a job after this long (default {WAIT_TIMEOUT_S:g})")
+    job.add_argument(
+        "--async", dest="use_async", action="store_true", help="submit with /run and poll /status instead of /runsync"
+    )
+    job.add_argument(
+        "--stream", action="store_true", help="print the answer as it is generated (uses /run and /stream)"
+    )
+    job.add_argument("--json", action="store_true", help="print the whole normalised result as JSON")
+    job.add_argument(
+        "--timeout",
+        type=float,
+        default=WAIT_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"give up (and cancel) a job after this long (default {WAIT_TIMEOUT_S:g})",
+    )
 
     batch = parser.add_argument_group("batch options")
-    batch.add_argument("--out", type=Path, default=Path("summaries"), metavar="DIR",
-                       help="where summaries go (default: summaries)")
-    batch.add_argument("--concurrency", type=_positive_int, default=BATCH_CONCURRENCY, metavar="N",
-                       help=f"documents in flight at once (default {BATCH_CONCURRENCY})")
-    batch.add_argument("--overwrite", action="store_true",
-                       help="redo documents whose summary already exists")
+    batch.add_argument(
+        "--out", type=Path, default=Path("summaries"), metavar="DIR", help="where summaries go (default: summaries)"
+    )
+    batch.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=BATCH_CONCURRENCY,
+        metavar="N",
+        help=f"documents in flight at once (default {BATCH_CONCURRENCY})",
+    )
+    batch.add_argument("--overwrite", action="store_true", help="redo documents whose summary already exists")
 
     connection = parser.add_argument_group("connection (override environment / .env)")
     connection.add_argument("--endpoint-id", metavar="ID", help="RunPod endpoint id")
     connection.add_argument("--base-url", metavar="URL", help="API base URL, or a local worker's URL")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log requests, retries and timings (never content) to stderr")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log requests, retries and timings (never content) to stderr"
+    )
     return parser
 
 
@@ -146,7 +158,9 @@ def _run_one(args: argparse.Namespace, client: MedGemmaClient) -> int:
         print(result.text)
     logging.getLogger(__name__).info(
         "job %s done: %s prompt + %s completion tokens",
-        result.job_id, result.prompt_tokens, result.completion_tokens,
+        result.job_id,
+        result.prompt_tokens,
+        result.completion_tokens,
     )
     return EXIT_OK
 
@@ -168,9 +182,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if report.failed or report.not_finished else EXIT_OK
 
 
-def _make_client(
-    args: argparse.Namespace, *, on_uncertain_submission: OnUncertain | None = None
-) -> MedGemmaClient:
+def _make_client(args: argparse.Namespace, *, on_uncertain_submission: OnUncertain | None = None) -> MedGemmaClient:
     return MedGemmaClient(
         endpoint_id=args.endpoint_id,
         base_url=args.base_url,
@@ -203,8 +215,7 @@ def _input_options(args: argparse.Namespace) -> InputOptions:
 
 def _cancel_after_interrupt(job: Job | None) -> None:
     if job is None:
-        print("interrupted before the job id was known; if it was queued it will still run",
-              file=sys.stderr)
+        print("interrupted before the job id was known; if it was queued it will still run", file=sys.stderr)
         return
     try:
         cancelled = job.cancel()

@@ -77,8 +77,7 @@ def resolve_config(
     key = pick(api_key, ENV_API_KEY)
     if key is None:
         raise ConfigurationError(
-            f"{ENV_API_KEY} is not set: export it or add it to .env "
-            f"(needed for endpoint {endpoint})"
+            f"{ENV_API_KEY} is not set: export it or add it to .env (needed for endpoint {endpoint})"
         )
     return ClientConfig(base_url=base, endpoint_id=endpoint, api_key=key)
 

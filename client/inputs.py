@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import mimetypes
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, TypedDict
+from typing import Any, TypedDict
 
 from .errors import InvalidRequestError
 

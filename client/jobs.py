@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Iterator, NoReturn
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .constants import CANCEL_TIMEOUT_S
 from .errors import APIStatusError, APITimeoutError, DeadlineExceededError, ResponseFormatError
@@ -78,9 +79,7 @@ class Job:
                 return self.result
             self._pause(next(intervals), deadline, timeout, cancel_on_timeout)
 
-    def stream(
-        self, timeout: float | None = None, *, cancel_on_timeout: bool = False
-    ) -> Iterator[str]:
+    def stream(self, timeout: float | None = None, *, cancel_on_timeout: bool = False) -> Iterator[str]:
         """Yield answer text as the worker produces it; sets ``self.result`` at the end.
 
         Works for any job: a worker that does not stream yields the whole
@@ -90,9 +89,7 @@ class Job:
         assembler = OutputAssembler(self.id)
         intervals = self._client.poll_policy.intervals()
         while True:
-            payload = self._request_until(
-                f"stream/{self.id}", deadline, timeout, cancel_on_timeout
-            )
+            payload = self._request_until(f"stream/{self.id}", deadline, timeout, cancel_on_timeout)
             state = self._record(payload)
             arrived = False
             for item in payload.get("stream") or []:
@@ -119,7 +116,7 @@ class Job:
             full = OutputAssembler(self.id)
             full.add_output(state.output)
             if full.text.startswith(assembler.text) and len(full.text) > len(assembler.text):
-                yield full.text[len(assembler.text):]
+                yield full.text[len(assembler.text) :]
             assembler = full
         self.result = assembler.result(state)
 
@@ -168,9 +165,7 @@ class Job:
             deadline=deadline,
         )
 
-    def _request_until(
-        self, route: str, deadline: float, timeout: float, cancel_on_timeout: bool
-    ) -> Any:
+    def _request_until(self, route: str, deadline: float, timeout: float, cancel_on_timeout: bool) -> Any:
         """A poll whose read timeout ran into the deadline counts as the deadline."""
         try:
             return self._request(route, deadline)

@@ -28,6 +28,9 @@ from .transport import OnUncertain, Transport
 
 log = logging.getLogger(__name__)
 
+DEFAULT_RETRY = RetryPolicy()
+DEFAULT_POLL = PollPolicy()
+
 
 class MedGemmaClient:
     """Submits jobs to a MedGemma worker on RunPod (or a local ``--rp_serve_api`` worker).
@@ -48,8 +51,8 @@ class MedGemmaClient:
         base_url: str | None = None,
         *,
         env_file: str | os.PathLike[str] | None = None,
-        retry: RetryPolicy = RetryPolicy(),
-        poll: PollPolicy = PollPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
+        poll: PollPolicy = DEFAULT_POLL,
         timeout: tuple[float, float] = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
         wait_timeout: float = WAIT_TIMEOUT_S,
         on_uncertain_submission: OnUncertain | None = None,
@@ -170,9 +173,7 @@ class MedGemmaClient:
         size = len(json.dumps(body))
         limit = MAX_RUNSYNC_PAYLOAD_BYTES if sync else MAX_RUN_PAYLOAD_BYTES
         if not self.local and size > limit:
-            raise InvalidRequestError(
-                f"request for {label or 'job'} is {size} bytes; RunPod accepts at most {limit}"
-            )
+            raise InvalidRequestError(f"request for {label or 'job'} is {size} bytes; RunPod accepts at most {limit}")
         route, params, read_timeout = "run", None, None
         if sync:
             route = "runsync"
@@ -199,6 +200,11 @@ class MedGemmaClient:
         state = JobState.from_payload(payload)
         log.debug(
             "%s %s: job %s %s (%d bytes sent, %.2f s)",
-            route, label or "-", state.job_id, state.status, size, time.monotonic() - started,
+            route,
+            label or "-",
+            state.job_id,
+            state.status,
+            size,
+            time.monotonic() - started,
         )
         return Job(self, state.job_id, label=label, state=state)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Iterator
 
 from .constants import (
     INITIAL_RETRY_DELAY_S,

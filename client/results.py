@@ -124,9 +124,7 @@ class OutputAssembler:
     def add(self, item: Any) -> str:
         """Take one output item; return the new text it contributes ('' for none)."""
         if not isinstance(item, dict):
-            raise ResponseFormatError(
-                f"job {self._job_id}: unexpected output item of type {type(item).__name__}"
-            )
+            raise ResponseFormatError(f"job {self._job_id}: unexpected output item of type {type(item).__name__}")
         if item.get("error"):
             raise JobFailedError(self._job_id, str(item["error"]))
         if "delta" in item:
@@ -137,9 +135,7 @@ class OutputAssembler:
             piece = item["output"]
             self._final = item
         else:
-            raise ResponseFormatError(
-                f"job {self._job_id}: output item has neither 'delta' nor 'output'"
-            )
+            raise ResponseFormatError(f"job {self._job_id}: output item has neither 'delta' nor 'output'")
         if not isinstance(piece, str):
             raise ResponseFormatError(f"job {self._job_id}: answer text is not a string")
         self._parts.append(piece)

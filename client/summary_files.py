@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .results import JobResult
@@ -22,7 +22,7 @@ TEMP_SUFFIX = ".medgemma-tmp"
 
 def render_summary(result: JobResult, source: str, *, now: datetime | None = None) -> str:
     """YAML front matter (provenance, token counts) followed by the answer text."""
-    written = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
+    written = (now or datetime.now(UTC)).isoformat(timespec="seconds")
     header = {
         "source": source,
         "model": result.model,

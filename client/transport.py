@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -56,9 +57,7 @@ OnUncertain = Callable[[str | None, APIError], None]
 class Transport:
     """Sends JSON requests to one RunPod endpoint (hosted or local) with retries."""
 
-    def __init__(
-        self, config: ClientConfig, *, retry: RetryPolicy, timeout: tuple[float, float]
-    ) -> None:
+    def __init__(self, config: ClientConfig, *, retry: RetryPolicy, timeout: tuple[float, float]) -> None:
         self._config = config
         self._retry = retry
         self._connect_timeout, self._read_timeout = timeout
@@ -100,9 +99,7 @@ class Transport:
             timeout = self._timeouts(read_timeout, deadline)
             started = time.monotonic()
             try:
-                response = self._session.request(
-                    method, url, json=json, params=params, timeout=timeout
-                )
+                response = self._session.request(method, url, json=json, params=params, timeout=timeout)
             except requests.RequestException as exc:
                 error: APIError = _connection_error(method, route, exc)
                 sent, retry_after = _request_was_sent(exc), None
@@ -110,7 +107,11 @@ class Transport:
             else:
                 log.debug(
                     "%s %s -> %d (%d bytes, %.2f s)",
-                    method, route, response.status_code, len(response.content), _since(started),
+                    method,
+                    route,
+                    response.status_code,
+                    len(response.content),
+                    _since(started),
                 )
                 if response.ok:
                     return _decode(method, route, response)
@@ -214,9 +215,7 @@ def _decode(method: str, route: str, response: requests.Response) -> Any:
     try:
         return response.json()
     except ValueError as exc:
-        raise ResponseFormatError(
-            f"{method} {route}: HTTP {response.status_code} answer is not JSON"
-        ) from exc
+        raise ResponseFormatError(f"{method} {route}: HTTP {response.status_code} answer is not JSON") from exc
 
 
 def _clip(text: str) -> str:

@@ -42,7 +42,9 @@ class Backend(Protocol):
 
     def prepare(self, request: GenerationRequest) -> Any: ...
 
-    def generate_batch(self, batch: list[Any], on_delta: list[Callable[[str], None] | None] | None = None) -> list[Any]: ...
+    def generate_batch(
+        self, batch: list[Any], on_delta: list[Callable[[str], None] | None] | None = None
+    ) -> list[Any]: ...
 
 
 @dataclass
@@ -160,7 +162,11 @@ class BatchEngine:
         while len(self._waiting) < self.max_batch_size:
             remaining = (stretched if self._preparing else deadline) - time.perf_counter()
             try:
-                item = self._inbox.get(timeout=min(remaining, _POLL_SECONDS)) if remaining > 0 else self._inbox.get_nowait()
+                item = (
+                    self._inbox.get(timeout=min(remaining, _POLL_SECONDS))
+                    if remaining > 0
+                    else self._inbox.get_nowait()
+                )
             except queue.Empty:
                 if remaining > 0:
                     continue  # re-check: a job may have finished tokenizing, or the window ended
@@ -197,7 +203,7 @@ class BatchEngine:
             for job in batch:
                 self._settle(job, error=GenerationFailed(f"generation failed: {type(error).__name__}"))
             return
-        for job, completion in zip(batch, completions):
+        for job, completion in zip(batch, completions, strict=False):
             self._settle(job, result=completion)
 
     @staticmethod

@@ -51,9 +51,7 @@ def decode_image(value: object, field: str, max_bytes: int, max_pixels: int) -> 
         with probe:
             width, height = probe.size
             if width * height > max_pixels:
-                raise InputError(
-                    field, f"image is {width}x{height} pixels, over the limit of {max_pixels} pixels"
-                )
+                raise InputError(field, f"image is {width}x{height} pixels, over the limit of {max_pixels} pixels")
             probe.load()
             return probe.convert("RGB")
     except InputError:

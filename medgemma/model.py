@@ -239,7 +239,9 @@ class LoadedModel:
         return Prepared(
             request=request,
             input_ids=encoded["input_ids"][0],
-            token_type_ids=token_type_ids[0] if token_type_ids is not None else torch.zeros_like(encoded["input_ids"][0]),
+            token_type_ids=token_type_ids[0]
+            if token_type_ids is not None
+            else torch.zeros_like(encoded["input_ids"][0]),
             pixel_values=encoded.get("pixel_values"),
             prepare_seconds=time.perf_counter() - started,
         )
@@ -284,14 +286,18 @@ class LoadedModel:
                 time_to_first_token=round(ttft, 4),
                 generate_seconds=round(elapsed, 4),
             )
-            for prepared, decoder in zip(batch, decoders)
+            for prepared, decoder in zip(batch, decoders, strict=False)
         ]
 
     def _generation_config(self, key: SamplingKey) -> GenerationConfig:
         base = self.model.generation_config
         sampling = (
-            {"do_sample": True, "temperature": key.temperature, "top_k": self.sampling_defaults["top_k"],
-             "top_p": key.top_p or self.sampling_defaults["top_p"]}
+            {
+                "do_sample": True,
+                "temperature": key.temperature,
+                "top_k": self.sampling_defaults["top_k"],
+                "top_p": key.top_p or self.sampling_defaults["top_p"],
+            }
             if key.temperature
             else {"do_sample": False}
         )
@@ -401,7 +407,7 @@ class _BatchStreamer(BaseStreamer):
             return
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
-        for decoder, token in zip(self._decoders, value.reshape(len(self._decoders), -1)[:, -1].tolist()):
+        for decoder, token in zip(self._decoders, value.reshape(len(self._decoders), -1)[:, -1].tolist(), strict=False):
             decoder.push(token)
 
     def end(self) -> None:

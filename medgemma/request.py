@@ -165,7 +165,9 @@ def _images(data: dict[str, Any], settings: Settings) -> list[Image.Image]:
     if len(values) > settings.max_images:
         raise InputError(name, f"has {len(values)} images, over the limit of {settings.max_images}")
     return [
-        decode_image(value, name if name == "image" else f"images[{index}]", settings.max_image_bytes, settings.max_image_pixels)
+        decode_image(
+            value, name if name == "image" else f"images[{index}]", settings.max_image_bytes, settings.max_image_pixels
+        )
         for index, value in enumerate(values)
     ]
 

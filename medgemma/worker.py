@@ -94,9 +94,17 @@ class Worker:
         log.info(
             "job %s done: mode=%s images=%d dummy=%s prompt_tokens=%d completion_tokens=%d finish=%s batch=%d "
             "queue_s=%.3f ttft_s=%.3f generate_s=%.3f",
-            request.job_id, request.mode, len(request.images), request.used_dummy_image, completion.prompt_tokens,
-            completion.completion_tokens, completion.finish_reason, result.batch_size, result.queue_seconds,
-            completion.time_to_first_token, completion.generate_seconds,
+            request.job_id,
+            request.mode,
+            len(request.images),
+            request.used_dummy_image,
+            completion.prompt_tokens,
+            completion.completion_tokens,
+            completion.finish_reason,
+            result.batch_size,
+            result.queue_seconds,
+            completion.time_to_first_token,
+            completion.generate_seconds,
         )
         return {
             "output": completion.text,
@@ -112,7 +120,11 @@ class Worker:
 
     @staticmethod
     def _failed(job: dict[str, Any], error: MedGemmaError) -> dict[str, str]:
-        kind = "input" if isinstance(error, InputError) else ("generation" if isinstance(error, GenerationFailed) else "worker")
+        kind = (
+            "input"
+            if isinstance(error, InputError)
+            else ("generation" if isinstance(error, GenerationFailed) else "worker")
+        )
         # The message names a field and a limit, never the caller's data.
         log.warning("job %s failed (%s error): %s", job.get("id", "-"), kind, error)
         return {"error": str(error)}

@@ -11,13 +11,14 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
+from runpod_double import RunPodDouble
 
 from client import MedGemmaClient, PollPolicy, RetryPolicy
-from runpod_double import RunPodDouble
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,9 +62,7 @@ def double(start_double: Callable[..., RunPodDouble]) -> RunPodDouble:
 
 
 @pytest.fixture
-def make_client(
-    double: RunPodDouble, tmp_path: Path
-) -> Iterator[Callable[..., MedGemmaClient]]:
+def make_client(double: RunPodDouble, tmp_path: Path) -> Iterator[Callable[..., MedGemmaClient]]:
     """Factory: a client for ``double`` (or ``target=`` another one) with fast retries and polls."""
     clients: list[MedGemmaClient] = []
 
@@ -110,16 +109,14 @@ def cli_command(*args: str | os.PathLike[str]) -> list[str]:
 def run_cli(
     *args: str | os.PathLike[str], env: dict[str, str], cwd: Path, timeout: float = 30
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cli_command(*args), env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run(cli_command(*args), env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def write_notes(root: Path, count: int, *, prefix: str = "note") -> dict[str, str]:
     """Create ``count`` small synthetic notes (some in sub-directories); return id -> text."""
     notes = {}
     for number in range(count):
-        relative = f"{'ward-%d/' % (number % 3) if number % 2 else ''}{prefix}{number:03d}.md"
+        relative = (f"ward-{number % 3}/" if number % 2 else "") + f"{prefix}{number:03d}.md"
         text = f"# Synthetic note {number}\n\nStable overnight. Plan {number}: continue care.\n"
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
+pytest_plugins = ["client_fixtures"]
+
 REPO = Path(__file__).resolve().parent.parent
 # Small answers keep the suite fast on 2 CPU cores; behaviour, not wording, is tested.
 TEST_ENV = {"MAX_NEW_TOKENS": "12", "LOG_LEVEL": "INFO"}

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import hashlib
 
-META = {"mode": "summarize", "model": "local-sim", "run_mode": "local-sim", "finish_reason": "stop",
-        "used_dummy_image": False, "timings": {}}
+META = {
+    "mode": "summarize",
+    "model": "local-sim",
+    "run_mode": "local-sim",
+    "finish_reason": "stop",
+    "used_dummy_image": False,
+    "timings": {},
+}
 
 
 def answer_for(text: str) -> str:
@@ -44,4 +50,3 @@ def streaming_handler(job: dict):
     for index, word in enumerate(answer.split(" ")):
         yield {"delta": word if index == 0 else " " + word}
     yield {"delta": "", "done": True, **output}
-

@@ -41,10 +41,22 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 MODEL = "double/medgemma-stand-in"
-INPUT_KEYS = frozenset({
-    "text", "image", "images", "mode", "system_prompt", "custom_prompt",
-    "max_new_tokens", "max_tokens", "temperature", "top_p", "seed", "stream",
-})
+INPUT_KEYS = frozenset(
+    {
+        "text",
+        "image",
+        "images",
+        "mode",
+        "system_prompt",
+        "custom_prompt",
+        "max_new_tokens",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "stream",
+    }
+)
 STATUS_FAULTS = ("429", "500", "502", "503")
 SUBMIT_ROUTES = frozenset({"run", "runsync"})
 # Everything except "drop_after" can hit any route; "drop_after" only submissions.
@@ -130,9 +142,7 @@ class RunPodDouble:
         server = _Server(("127.0.0.1", 0), _Handler)
         server.double = self
         self._server = server
-        threading.Thread(
-            target=server.serve_forever, args=(0.02,), name="runpod-double", daemon=True
-        ).start()
+        threading.Thread(target=server.serve_forever, args=(0.02,), name="runpod-double", daemon=True).start()
 
     def stop(self) -> None:
         if self._server is not None:
@@ -198,8 +208,12 @@ class RunPodDouble:
         if len(parts) < 3 or parts[0] != "v2" or parts[1] != self.endpoint_id:
             return _send(handler, 404, {"error": "endpoint not found"})
         routes = {
-            "run": ("POST", 3), "runsync": ("POST", 3), "health": ("GET", 3),
-            "status": ("GET", 4), "stream": ("GET", 4), "cancel": ("POST", 4),
+            "run": ("POST", 3),
+            "runsync": ("POST", 3),
+            "health": ("GET", 3),
+            "status": ("GET", 4),
+            "stream": ("GET", 4),
+            "cancel": ("POST", 4),
         }
         if route not in routes or len(parts) != routes[route][1]:
             return _send(handler, 404, {"error": "route not found"})
@@ -241,8 +255,9 @@ class RunPodDouble:
                 answer: tuple[int, dict[str, Any]] = (404, {"error": "job not found"})
             else:
                 self._advance(job, time.monotonic())
-                render = {"status": self._status_locked, "stream": self._stream_locked,
-                          "cancel": self._cancel_locked}[route]
+                render = {"status": self._status_locked, "stream": self._stream_locked, "cancel": self._cancel_locked}[
+                    route
+                ]
                 answer = (200, render(job))
         return _send(handler, *answer)
 
@@ -254,10 +269,7 @@ class RunPodDouble:
             if self._scripted[route]:
                 fault = self._scripted[route].popleft()
             elif self._fault_rate and self._consecutive[(route, key)] < self._max_consecutive:
-                kinds = [
-                    kind for kind in self._fault_kinds
-                    if kind != "drop_after" or route in SUBMIT_ROUTES
-                ]
+                kinds = [kind for kind in self._fault_kinds if kind != "drop_after" or route in SUBMIT_ROUTES]
                 if kinds and self._rng.random() < self._fault_rate:
                     fault = self._rng.choice(kinds)
             if fault is None:
@@ -376,7 +388,7 @@ class RunPodDouble:
             assert job.started is not None
             done_fraction = (time.monotonic() - job.started) / job.execution_s
             available = min(int(len(job.chunks) * done_fraction), len(job.chunks) - 1)
-        new = job.chunks[job.streamed:available]
+        new = job.chunks[job.streamed : available]
         job.streamed = max(job.streamed, available)
         answer: dict[str, Any] = {"status": job.status, "stream": [{"output": item} for item in new]}
         if job.status == "FAILED":
@@ -396,8 +408,11 @@ class RunPodDouble:
             states = collections.Counter(job.status for job in self.jobs.values())
         return {
             "jobs": {
-                "completed": states["COMPLETED"], "failed": states["FAILED"],
-                "inProgress": states["IN_PROGRESS"], "inQueue": states["IN_QUEUE"], "retried": 0,
+                "completed": states["COMPLETED"],
+                "failed": states["FAILED"],
+                "inProgress": states["IN_PROGRESS"],
+                "inQueue": states["IN_QUEUE"],
+                "retried": 0,
             },
             "workers": {"idle": 1, "running": min(states["IN_PROGRESS"], 1)},
         }

@@ -44,7 +44,7 @@ def test_batched_answers_equal_answers_alone(batching_worker, worker):
     batched = together(batching_worker, inputs)
     assert [r["batch_size"] for r in batched] == [5] * 5
     assert len({r["usage"]["prompt_tokens"] for r in batched}) > 1  # rows really were left-padded
-    for data, result in zip(inputs, batched):
+    for data, result in zip(inputs, batched, strict=False):
         alone = run(Worker(batching_worker.settings, worker.model, worker.engine).run({"id": "alone", "input": data}))
         assert alone["batch_size"] == 1
         assert result["output"] == alone["output"]
@@ -52,15 +52,24 @@ def test_batched_answers_equal_answers_alone(batching_worker, worker):
 
 
 def test_jobs_that_cannot_share_a_batch_wait_for_the_next(batching_worker):
-    inputs = [{"text": TEXTS[0]}, {"text": TEXTS[1], "max_new_tokens": 5}, {"text": TEXTS[2]},
-              {"text": TEXTS[3], "temperature": 0.7, "seed": 1}]
+    inputs = [
+        {"text": TEXTS[0]},
+        {"text": TEXTS[1], "max_new_tokens": 5},
+        {"text": TEXTS[2]},
+        {"text": TEXTS[3], "temperature": 0.7, "seed": 1},
+    ]
     results = together(batching_worker, inputs)
     assert [r["batch_size"] for r in results] == [2, 1, 2, 1]
     assert results[1]["usage"]["completion_tokens"] <= 5
 
 
 def test_a_bad_job_in_a_batch_fails_alone(batching_worker):
-    inputs = [{"text": TEXTS[0]}, {"text": "1234567890" * 4_000}, {"text": TEXTS[1]}, {"text": TEXTS[2], "mode": "nope"}]
+    inputs = [
+        {"text": TEXTS[0]},
+        {"text": "1234567890" * 4_000},
+        {"text": TEXTS[1]},
+        {"text": TEXTS[2], "mode": "nope"},
+    ]
     results = together(batching_worker, inputs)
     assert results[1]["error"].startswith("text: the prompt is ")
     assert results[3] == {"error": "mode: must be one of summarize, general, got 'nope'"}

@@ -53,7 +53,11 @@ def run_script(name: str, *args: str, env: dict[str, str], cwd: Path = REPO) -> 
     """``python builder/<name> args...`` with only ``env`` (plus PATH) and no network."""
     return subprocess.run(
         [sys.executable, "-c", NO_NETWORK, str(BUILDER / name), *args],
-        env={"PATH": os.environ["PATH"], **env}, cwd=cwd, capture_output=True, text=True, timeout=120,
+        env={"PATH": os.environ["PATH"], **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -73,7 +77,9 @@ def pins(path: Path) -> dict[str, str]:
 
 
 def test_every_copied_path_exists_and_reaches_the_build_context() -> None:
-    allowed = {line[1:].strip("/") for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")}
+    allowed = {
+        line[1:].strip("/") for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")
+    }
     sources = [src for rest in arguments("COPY") if "--from" not in rest for src in rest.split()[:-1]]
     assert sources
     for source in sources:
@@ -170,15 +176,24 @@ def test_download_without_a_token_fails_with_what_to_do(tmp_path: Path, token_te
     result = run_script("download_model.py", "--token-file", str(token_file), env=env)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    for hint in ("no Hugging Face token", "gated", "https://huggingface.co/google/medgemma-1.5-4b-it", "--secret id=hf_token"):
+    for hint in (
+        "no Hugging Face token",
+        "gated",
+        "https://huggingface.co/google/medgemma-1.5-4b-it",
+        "--secret id=hf_token",
+    ):
         assert hint in result.stderr
 
 
 def test_a_failed_download_is_one_line_and_never_shows_the_token(tmp_path: Path) -> None:
     token_file = tmp_path / "hf_token"
     token_file.write_text(FAKE_TOKEN + "\n")
-    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PRELOAD_MODEL": "true",
-           "MODEL_ID": "google/medgemma-1.5-4b-it"}
+    env = {
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "PRELOAD_MODEL": "true",
+        "MODEL_ID": "google/medgemma-1.5-4b-it",
+    }
     result = run_script("download_model.py", "--token-file", str(token_file), env=env)
     assert result.returncode == 1
     assert result.stderr.startswith("download_model: downloading google/medgemma-1.5-4b-it failed:")
@@ -204,7 +219,11 @@ def prequantized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     env = {key: value for key, value in os.environ.items() if key != "MODEL_ID"}
     result = subprocess.run(
         [sys.executable, str(BUILDER / "prequantize.py"), "--output", str(output)],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=900,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return output, result.stdout.strip().splitlines()[-1]

@@ -10,22 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+from client_fixtures import REPO_ROOT, cli_command, cli_env, run_cli, write_notes
+from runpod_double import MODEL, fake_answer, text_key
 
 from client.batch import BatchOptions, BatchRun
 from client.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from client.summary_files import TEMP_SUFFIX
-from client_fixtures import (  # noqa: F401
-    REPO_ROOT,
-    cli_command,
-    cli_env,
-    double,
-    interruptible_children,
-    make_client,
-    run_cli,
-    start_double,
-    write_notes,
-)
-from runpod_double import MODEL, fake_answer, text_key
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,8 +91,7 @@ def test_failures_are_named_and_do_not_stop_the_batch(double, tmp_path):
 def test_rejected_key_aborts_the_batch(double, tmp_path):
     write_notes(tmp_path / "raw", 6)
 
-    done = run_cli("--batch", "raw", "--concurrency", "1", env=cli_env(double, RUNPOD_API_KEY="wrong"),
-                   cwd=tmp_path)
+    done = run_cli("--batch", "raw", "--concurrency", "1", env=cli_env(double, RUNPOD_API_KEY="wrong"), cwd=tmp_path)
 
     assert done.returncode == EXIT_USAGE
     assert "aborted: HTTP 401" in done.stderr
@@ -114,8 +103,12 @@ def test_ctrl_c_cancels_running_jobs_and_exits_130(start_double, tmp_path, inter
     server = start_double(execution_s=30.0)
     write_notes(tmp_path / "raw", 5)
     process = subprocess.Popen(
-        cli_command("--batch", "raw", "--concurrency", "3", "--async"), env=cli_env(server),
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cli_command("--batch", "raw", "--concurrency", "3", "--async"),
+        env=cli_env(server),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 10
     while len(server.jobs) < 3 and time.monotonic() < deadline:
@@ -155,9 +148,7 @@ def test_stale_temp_files_are_removed_and_never_count_as_outputs(double, make_cl
 
 @pytest.mark.slow
 @pytest.mark.parametrize("use_async", [False, True], ids=["runsync", "run"])
-def test_batch_survives_injected_faults_without_losing_anything(
-    start_double, make_client, tmp_path, capsys, use_async
-):
+def test_batch_survives_injected_faults_without_losing_anything(start_double, make_client, tmp_path, capsys, use_async):
     server = start_double(execution_s=0.02, queue_s=0.01)
     server.random_faults(0.3, seed=7, max_consecutive=2)
     notes = write_notes(tmp_path / "raw", 60)
@@ -197,8 +188,7 @@ def test_killed_batch_resumes_without_redoing_finished_documents(start_double, t
     env = cli_env(server)
     command = cli_command("--batch", "raw", "--out", "summaries", "--concurrency", "2")
 
-    first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while len(list(out.rglob("*.md"))) < 4 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -209,13 +199,10 @@ def test_killed_batch_resumes_without_redoing_finished_documents(start_double, t
     assert 4 <= len(finished) < len(notes), "the kill must land mid-batch"
     assert set(finished) <= set(notes), "only complete outputs carry the .md name"
 
-    second = run_cli("--batch", "raw", "--out", "summaries", "--concurrency", "2",
-                     env=env, cwd=tmp_path)
+    second = run_cli("--batch", "raw", "--out", "summaries", "--concurrency", "2", env=env, cwd=tmp_path)
 
     assert second.returncode == EXIT_OK, second.stderr
-    assert counts_line(second.stderr) == (
-        f"{len(notes) - len(finished)} done, {len(finished)} skipped, 0 failed"
-    )
+    assert counts_line(second.stderr) == (f"{len(notes) - len(finished)} done, {len(finished)} skipped, 0 failed")
     assert all_files(out) == set(notes), "nothing missing, no temp files left"
     for name, before in finished.items():
         after = (out / name).stat()

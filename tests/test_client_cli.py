@@ -8,10 +8,10 @@ import subprocess
 import time
 
 import pytest
+from client_fixtures import cli_command, cli_env, run_cli
+from runpod_double import MODEL, fake_answer
 
 from client.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from client_fixtures import cli_command, cli_env, double, interruptible_children, run_cli, start_double  # noqa: F401
-from runpod_double import MODEL, fake_answer
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -90,8 +90,7 @@ def test_missing_credentials_exit_2_naming_the_variable(tmp_path, env_overrides,
 
 def test_dotenv_in_working_directory_is_used(double, tmp_path):
     (tmp_path / ".env").write_text(
-        f"RUNPOD_API_KEY={double.api_key}\nRUNPOD_ENDPOINT_ID={double.endpoint_id}\n"
-        f"RUNPOD_BASE_URL={double.base_url}\n"
+        f"RUNPOD_API_KEY={double.api_key}\nRUNPOD_ENDPOINT_ID={double.endpoint_id}\nRUNPOD_BASE_URL={double.base_url}\n"
     )
 
     done = run_cli("--text", NOTE, env=cli_env(), cwd=tmp_path)
@@ -108,8 +107,7 @@ def test_rejected_key_exits_2(double, tmp_path):
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["--text", ""], ["--text", "x", "--stream", "--async"], ["--file", "missing.md"],
-     ["--batch", "no-such-dir"]],
+    [[], ["--text", ""], ["--text", "x", "--stream", "--async"], ["--file", "missing.md"], ["--batch", "no-such-dir"]],
     ids=["no-input", "empty-text", "stream-and-async", "missing-file", "missing-dir"],
 )
 def test_usage_errors_exit_2(double, tmp_path, args):
@@ -132,8 +130,12 @@ def test_verbose_logs_never_show_key_or_note(double, tmp_path):
 def test_ctrl_c_cancels_the_remote_job_and_exits_130(double, tmp_path, interruptible_children):
     double.slow_text(NOTE, 30.0)
     process = subprocess.Popen(
-        cli_command("--text", NOTE, "--async"), env=cli_env(double), cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cli_command("--text", NOTE, "--async"),
+        env=cli_env(double),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 10
     while not double.jobs and time.monotonic() < deadline:

@@ -26,7 +26,6 @@ from client.constants import DEFAULT_BASE_URL
 from client.inputs import build_job_input
 from client.policies import PollPolicy, parse_retry_after
 from client.results import JobState, result_from_state
-from client_fixtures import double, make_client, start_double  # noqa: F401
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -138,7 +137,11 @@ def test_key_never_reaches_logs_or_errors(start_double, make_client, caplog):
 def test_build_job_input_leaves_unset_options_to_the_worker():
     assert build_job_input("note") == {"text": "note"}
     assert build_job_input("note", mode="general", max_new_tokens=64, temperature=0.0, stream=True) == {
-        "text": "note", "mode": "general", "max_new_tokens": 64, "temperature": 0.0, "stream": True,
+        "text": "note",
+        "mode": "general",
+        "max_new_tokens": 64,
+        "temperature": 0.0,
+        "stream": True,
     }
 
 
@@ -191,8 +194,15 @@ def test_poll_intervals_back_off_to_a_ceiling():
 
 # ----------------------------------------------------------------------------- normalisation
 
-META = {"mode": "summarize", "model": "m", "run_mode": "r", "usage": {"prompt_tokens": 5, "completion_tokens": 2},
-        "finish_reason": "stop", "used_dummy_image": False, "timings": {"t": 1}}
+META = {
+    "mode": "summarize",
+    "model": "m",
+    "run_mode": "r",
+    "usage": {"prompt_tokens": 5, "completion_tokens": 2},
+    "finish_reason": "stop",
+    "used_dummy_image": False,
+    "timings": {"t": 1},
+}
 
 
 @pytest.mark.parametrize(
@@ -229,8 +239,13 @@ def test_unusable_outputs_raise_response_format_error(output):
 
 
 def test_handler_crash_reports_keep_the_message_not_the_traceback():
-    crash = json.dumps({"error_type": "<class 'ValueError'>", "error_message": "bad seed",
-                        "error_traceback": "Traceback (most recent call last): ..."})
+    crash = json.dumps(
+        {
+            "error_type": "<class 'ValueError'>",
+            "error_message": "bad seed",
+            "error_traceback": "Traceback (most recent call last): ...",
+        }
+    )
     error = JobFailedError("j1", crash)
 
     assert str(error) == "job j1 FAILED: <class 'ValueError'>: bad seed"

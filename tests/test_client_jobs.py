@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from runpod_double import MODEL, fake_answer
 
 from client import (
     AuthenticationError,
@@ -15,8 +16,6 @@ from client import (
     NotFoundError,
 )
 from client.constants import RUNSYNC_WAIT_MS
-from client_fixtures import client, double, make_client, start_double  # noqa: F401
-from runpod_double import MODEL, fake_answer
 
 pytestmark = pytest.mark.timeout(20)
 

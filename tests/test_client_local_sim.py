@@ -10,14 +10,14 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
+from client_fixtures import FAST_POLL, FAST_RETRY, cli_env, run_cli
+from local_sim_handlers import answer_for, handler, streaming_handler
 
 from client import JobFailedError, MedGemmaClient
 from client.cli import EXIT_OK
-from client_fixtures import FAST_POLL, FAST_RETRY, cli_env, run_cli
-from local_sim_handlers import answer_for, handler, streaming_handler
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -65,8 +65,9 @@ def local_client(local_sims, monkeypatch, tmp_path) -> Iterator:
     made: list[MedGemmaClient] = []
 
     def make(kind: str) -> MedGemmaClient:
-        made.append(MedGemmaClient(base_url=local_sims[kind], env_file=tmp_path / "none.env",
-                                   retry=FAST_RETRY, poll=FAST_POLL))
+        made.append(
+            MedGemmaClient(base_url=local_sims[kind], env_file=tmp_path / "none.env", retry=FAST_RETRY, poll=FAST_POLL)
+        )
         return made[-1]
 
     yield make

@@ -7,9 +7,9 @@ directory with no RUNPOD_ENDPOINT_ID, so it uses local mode.
 from __future__ import annotations
 
 import pytest
+from client_fixtures import REPO_ROOT, cli_env, run_cli
 
 from client.cli import EXIT_OK
-from client_fixtures import REPO_ROOT, cli_env, run_cli
 
 pytestmark = pytest.mark.model
 
@@ -23,8 +23,7 @@ def local_env(url: str) -> dict[str, str]:
 
 @pytest.mark.timeout(JOB_TIMEOUT_S)
 def test_one_document(local_worker_url, tmp_path):
-    done = run_cli("--file", RAW / "EP001.md", env=local_env(local_worker_url), cwd=tmp_path,
-                   timeout=JOB_TIMEOUT_S)
+    done = run_cli("--file", RAW / "EP001.md", env=local_env(local_worker_url), cwd=tmp_path, timeout=JOB_TIMEOUT_S)
 
     assert done.returncode == EXIT_OK, done.stderr
     assert done.stdout.strip()
@@ -32,8 +31,9 @@ def test_one_document(local_worker_url, tmp_path):
 
 @pytest.mark.timeout(JOB_TIMEOUT_S)
 def test_one_document_async(local_worker_url, tmp_path):
-    done = run_cli("--file", RAW / "FF349.md", "--async", env=local_env(local_worker_url), cwd=tmp_path,
-                   timeout=JOB_TIMEOUT_S)
+    done = run_cli(
+        "--file", RAW / "FF349.md", "--async", env=local_env(local_worker_url), cwd=tmp_path, timeout=JOB_TIMEOUT_S
+    )
 
     assert done.returncode == EXIT_OK, done.stderr
     assert done.stdout.strip()
@@ -60,4 +60,3 @@ def test_batch_of_raw_then_resume_skips_everything(local_worker_url, tmp_path):
 
     assert second.returncode == EXIT_OK, second.stderr
     assert second.stderr.strip().splitlines()[-1] == f"0 done, {len(sources)} skipped, 0 failed"
-

@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+from runpod_double import fake_answer, text_key
 
 from client import (
     APIConnectionError,
@@ -15,8 +16,6 @@ from client import (
     ServerError,
     SubmissionUncertainError,
 )
-from client_fixtures import client, double, make_client, start_double  # noqa: F401
-from runpod_double import fake_answer, text_key
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -111,8 +110,9 @@ def test_connection_refused_is_retried_as_safe_not_uncertain(make_client, double
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
-    unreachable = make_client(base_url=f"http://127.0.0.1:{closed_port}/v2",
-                              retry=RetryPolicy(max_retries=2, initial_delay_s=0.01))
+    unreachable = make_client(
+        base_url=f"http://127.0.0.1:{closed_port}/v2", retry=RetryPolicy(max_retries=2, initial_delay_s=0.01)
+    )
 
     with pytest.raises(APIConnectionError) as caught:
         unreachable.run(NOTE)

@@ -19,6 +19,5 @@ def test_openmp_waits_passively_unless_told_otherwise(given, expected):
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if given:
         env["OMP_WAIT_POLICY"] = given
-    result = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, check=True,
-                            cwd=REPO, env=env)
+    result = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, check=True, cwd=REPO, env=env)
     assert result.stdout.split() == [expected, "False"]

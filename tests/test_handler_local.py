@@ -21,7 +21,17 @@ NOTE = (
     "three days of productive cough and fever to 38.6 C. Right basal crackles. CXR: right "
     "lower lobe consolidation. Started amoxicillin 1 g three times daily for 5 days."
 )
-OUTPUT_KEYS = {"output", "mode", "model", "run_mode", "usage", "finish_reason", "used_dummy_image", "batch_size", "timings"}
+OUTPUT_KEYS = {
+    "output",
+    "mode",
+    "model",
+    "run_mode",
+    "usage",
+    "finish_reason",
+    "used_dummy_image",
+    "batch_size",
+    "timings",
+}
 
 
 def job(**fields) -> dict:
@@ -46,14 +56,20 @@ def test_summarize(worker):
 
 
 def test_general_question(worker):
-    result = run(handler.handler({"id": "q", "input": {"text": "What is the first-line treatment of anaphylaxis?", "mode": "general"}}))
+    result = run(
+        handler.handler(
+            {"id": "q", "input": {"text": "What is the first-line treatment of anaphylaxis?", "mode": "general"}}
+        )
+    )
     assert_answer(result)
     assert result["mode"] == "general"
 
 
 def test_custom_system_prompt_changes_the_prompt(worker):
     default = run(handler.handler(job(mode="general")))
-    custom = run(handler.handler(job(mode="general", custom_prompt="List the medications only, one per line, nothing else.")))
+    custom = run(
+        handler.handler(job(mode="general", custom_prompt="List the medications only, one per line, nothing else."))
+    )
     assert_answer(custom)
     assert custom["usage"]["prompt_tokens"] != default["usage"]["prompt_tokens"]
 

@@ -20,7 +20,11 @@ def run_test_input(job: dict) -> subprocess.CompletedProcess:
     env = {**__import__("os").environ, **TEST_ENV}
     return subprocess.run(
         [sys.executable, "handler.py", "--test_input", json.dumps(job)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -42,10 +46,14 @@ def test_runsync_and_run_over_local_http(local_worker):
     assert answer["status"] == "COMPLETED" and answer["output"]["output"]
     assert answer["output"]["usage"]["completion_tokens"] > 0
 
-    failed = requests.post(f"{local_worker.url}/runsync", json={"input": {"text": NOTE, "max_tokens": -1}}, timeout=60).json()
+    failed = requests.post(
+        f"{local_worker.url}/runsync", json={"input": {"text": NOTE, "max_tokens": -1}}, timeout=60
+    ).json()
     assert failed["status"] == "FAILED" and failed["error"].startswith("max_new_tokens: must be between 1 and")
 
-    queued = requests.post(f"{local_worker.url}/run", json={"input": {"text": NOTE, "mode": "general"}}, timeout=60).json()
+    queued = requests.post(
+        f"{local_worker.url}/run", json={"input": {"text": NOTE, "mode": "general"}}, timeout=60
+    ).json()
     status = requests.post(f"{local_worker.url}/status/{queued['id']}", timeout=600).json()
     assert status["status"] == "COMPLETED" and status["output"]["mode"] == "general"
     assert "Zebulon" not in local_worker.log() and "cellulitis" not in local_worker.log()

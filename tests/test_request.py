@@ -1,13 +1,13 @@
 """Job input validation: every mistake is one clear error naming the field and the limit."""
 
 import pytest
+from PIL import Image
 
 from medgemma.errors import InputError
 from medgemma.images import encode_image
 from medgemma.prompts import SYSTEM_PROMPTS
 from medgemma.request import parse_job_input
 from medgemma.settings import Settings
-from PIL import Image
 
 SETTINGS = Settings.from_env(
     {"MAX_INPUT_CHARS": "1000", "MAX_IMAGES": "2", "MAX_NEW_TOKENS": "128", "MAX_NEW_TOKENS_CAP": "256"}
@@ -30,8 +30,17 @@ def test_dummy_image_off_sends_text_only():
 
 def test_aliases_and_all_fields():
     request = parse_job_input(
-        {"text": "q", "mode": "general", "custom_prompt": "Be brief.", "max_tokens": 64, "temperature": 0.7,
-         "top_p": 0.9, "seed": 3, "images": [PNG, "data:image/png;base64," + PNG], "stream": True},
+        {
+            "text": "q",
+            "mode": "general",
+            "custom_prompt": "Be brief.",
+            "max_tokens": 64,
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "seed": 3,
+            "images": [PNG, "data:image/png;base64," + PNG],
+            "stream": True,
+        },
         SETTINGS,
     )
     assert request.system_prompt == "Be brief." and request.max_new_tokens == 64

@@ -97,8 +97,10 @@ def test_settings_import_without_heavy_libraries():
     import subprocess
     import sys
 
-    code = "import sys, medgemma.settings, medgemma.request, medgemma.prompts, medgemma.engine; " \
-           "print(any(m in sys.modules for m in ('torch', 'transformers')))"
+    code = (
+        "import sys, medgemma.settings, medgemma.request, medgemma.prompts, medgemma.engine; "
+        "print(any(m in sys.modules for m in ('torch', 'transformers')))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
