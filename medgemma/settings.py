@@ -7,7 +7,9 @@ No heavy imports: this module must import and test in milliseconds.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,10 @@ DEFAULT_MAX_CONCURRENCY = 1
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_MS = 20
 DEFAULT_STANDIN_SUBDIR = "medgemma-runpod"
+DEFAULT_IMAGE_URL_TIMEOUT_S = 10.0
+DEFAULT_IMAGE_URL_DEADLINE_S = 30.0
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 FLOAT16_REFUSAL = (
     "DTYPE=float16 is refused: Gemma 3 overflows in float16 (NaN logits, empty or "
@@ -71,6 +77,11 @@ class Settings:
     streaming: bool
     static_cache: bool
     torch_compile: bool
+    image_url_allow_http: bool
+    image_url_ca_bundle: Path | None  # extra CA certificates (PEM) trusted for image fetches
+    image_url_allow_addresses: tuple[IPNetwork, ...]  # exempt from the SSRF rules (tests)
+    image_url_timeout_s: float  # connect, and each read
+    image_url_deadline_s: float  # one whole fetch, redirects included
 
     @property
     def uses_standin(self) -> bool:
@@ -122,6 +133,11 @@ class Settings:
             streaming=reader.boolean("STREAMING", default=False),
             static_cache=static_cache,
             torch_compile=torch_compile,
+            image_url_allow_http=reader.boolean("IMAGE_URL_ALLOW_HTTP", default=False),
+            image_url_ca_bundle=ca_bundle("IMAGE_URL_CA_BUNDLE", env.get("IMAGE_URL_CA_BUNDLE", "").strip()),
+            image_url_allow_addresses=networks("IMAGE_URL_ALLOW_ADDRESSES", env.get("IMAGE_URL_ALLOW_ADDRESSES", "")),
+            image_url_timeout_s=reader.number("IMAGE_URL_TIMEOUT_S", DEFAULT_IMAGE_URL_TIMEOUT_S),
+            image_url_deadline_s=reader.number("IMAGE_URL_DEADLINE_S", DEFAULT_IMAGE_URL_DEADLINE_S),
         )
 
 
@@ -161,6 +177,33 @@ def resolve_model_id(model_id: str | None) -> str | None:
     )
 
 
+def ca_bundle(name: str, raw: str) -> Path | None:
+    """A PEM file of CA certificates, loaded once here so a bad path fails at boot."""
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise SettingsError(f"{name} {raw!r} is not a file (it must be a PEM file of CA certificates)")
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=str(path))
+    except (ssl.SSLError, OSError, ValueError):
+        raise SettingsError(f"{name} {raw!r} holds no readable PEM CA certificate") from None
+    return path
+
+
+def networks(name: str, raw: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated addresses or CIDR networks; host bits set (10.0.0.1/8) are a typo, refused."""
+    parsed = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            parsed.append(ipaddress.ip_network(item, strict=True))
+        except ValueError:
+            raise SettingsError(f"{name} must be comma-separated IP addresses or networks, got {item!r}") from None
+    return tuple(parsed)
+
+
 class EnvReader:
     """Typed access to an env mapping; every failure names the variable."""
 
@@ -193,6 +236,20 @@ class EnvReader:
                 raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
             if value < minimum:
                 raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+            return value
+
+        return self._parse(name, default, parse)
+
+    def number(self, name: str, default: float) -> float:
+        """A positive, finite number of seconds."""
+
+        def parse(raw: str) -> float:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+            if not 0 < value < float("inf"):
+                raise SettingsError(f"{name} must be a positive number, got {raw!r}")
             return value
 
         return self._parse(name, default, parse)
