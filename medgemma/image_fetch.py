@@ -74,8 +74,8 @@ class Target:
 def fetch_image(url: str, field: str, settings: Settings) -> bytes:
     """The body of an image URL, at most MAX_IMAGE_BYTES; InputError naming ``field`` otherwise."""
     started = time.monotonic()
-    deadline = Deadline(settings.image_url_deadline_s)
     target = parse_url(url, field, settings.image_url_allow_http)
+    deadline = Deadline(settings.image_url_deadline_s)
     try:
         for redirects in range(MAX_REDIRECTS + 1):
             outcome = _get(target, field, settings, deadline)
@@ -118,11 +118,11 @@ def parse_url(url: str, field: str, allow_http: bool) -> Target:
     except UnicodeError:
         host = ""
     if not HOST_CHARS.fullmatch(host):
-        raise InputError(field, "the image URL's host is not a valid name") from None
+        raise InputError(field, "the image URL's host is not a valid name")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if any(ord(char) < 33 or ord(char) > 126 for char in path):
         raise InputError(field, "the image URL's path must be percent-encoded (no spaces or control characters)")
-    return Target(url.strip(), scheme, host, port or (443 if scheme == "https" else 80), path)
+    return Target(url.strip(), scheme, host, port if port is not None else (443 if scheme == "https" else 80), path)
 
 
 def refusal(address: IPAddress, allowed: tuple[IPNetwork, ...]) -> str | None:
@@ -257,7 +257,8 @@ def _resolve(target: Target, field: str, settings: Settings, deadline: Deadline)
     thread.start()
     thread.join(min(settings.image_url_timeout_s, deadline.remaining(field)))
     if not found:
-        raise _network_error(TimeoutError(), field, settings, deadline)
+        _check_deadline(deadline, field)
+        raise InputError(field, f"resolving the image URL's host took longer than {settings.image_url_timeout_s:g} s")
     if isinstance(found[0], BaseException) or not found[0]:
         raise InputError(field, "the image URL's host could not be resolved")
     addresses = []
