@@ -196,6 +196,12 @@ class Deadline:
                 _shutdown(self._sock)
 
 
+def _close(sock: socket.socket, deadline: Deadline) -> None:
+    """Unwatch first: the timer must never shut down an fd number reused after close."""
+    deadline.watch(None)
+    sock.close()
+
+
 def _shutdown(sock: socket.socket) -> None:
     # The plain socket's shutdown, also for an SSLSocket: it wakes a blocked read without
     # touching TLS state the reading thread is using. The fd is closed by its owner only.
@@ -290,12 +296,12 @@ def _connect(
             tls.do_handshake()
             return tls
         except OSError as error:
-            sock.close()
+            _close(sock, deadline)
             if deadline.expired or isinstance(error, (TimeoutError, ssl.SSLError)):
                 raise _network_error(error, field, settings, deadline) from None
             # refused or unreachable: try the next vetted address
         except BaseException:
-            sock.close()
+            _close(sock, deadline)
             raise
     raise InputError(field, "could not connect to the image server")
 
