@@ -1,4 +1,4 @@
-"""``python -m client``: summarise one document, or a whole directory of them.
+"""``medgemma-client`` (or ``python -m client`` in the checkout): summarise one document, or a whole directory of them.
 
 Answers go to stdout; progress, warnings and errors go to stderr, so the
 output can be piped. Expected failures end as one ``error:`` line and an exit
@@ -30,8 +30,9 @@ EXIT_INTERRUPTED = 130  # Ctrl-C; the remote job was cancelled where possible
 MAX_ERROR_LINE_CHARS = 500
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, *, prog: str = "medgemma-client") -> int:
+    """The ``medgemma-client`` console script; ``python -m client`` passes its own ``prog``."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     _check_combinations(parser, args)
     _configure_logging(args.verbose)
@@ -54,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "medgemma-client") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m client",
+        prog=prog,
         description="Summarise clinical notes with the MedGemma RunPod worker.",
         epilog="Settings: RUNPOD_API_KEY, RUNPOD_ENDPOINT_ID, RUNPOD_BASE_URL (environment or .env). "
         f"Exit codes: {EXIT_OK} ok, {EXIT_FAILURE} job or batch failure, "
