@@ -22,7 +22,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 from .constants import BATCH_CONCURRENCY
-from .errors import APIError, AuthenticationError, MedGemmaError
+from .errors import APIError, AuthenticationError, MedGemmaClientError
 from .inputs import InputOptions
 from .jobs import Job
 from .medgemma_client import MedGemmaClient
@@ -211,7 +211,7 @@ class BatchRun:
         except AuthenticationError as exc:
             self._abort(str(exc))
             return str(exc)
-        except MedGemmaError as exc:
+        except MedGemmaClientError as exc:
             return str(exc)
         except OSError as exc:
             return f"cannot write the summary: {exc.strerror or exc}"
@@ -234,7 +234,7 @@ class BatchRun:
         for job in jobs:
             try:
                 cancelled += job.cancel()
-            except MedGemmaError as exc:
+            except MedGemmaClientError as exc:
                 self._say(f"could not cancel job {job.id} ({job.label}): {exc}")
         message = f"interrupted: cancelled {cancelled} running job(s)"
         if submitting:

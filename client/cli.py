@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from .batch import BatchOptions, BatchRun
-from .constants import BATCH_CONCURRENCY, WAIT_TIMEOUT_S
-from .errors import AuthenticationError, ConfigurationError, InvalidRequestError, MedGemmaError
+from .constants import BATCH_CONCURRENCY, MAX_ERROR_LINE_CHARS, WAIT_TIMEOUT_S
+from .errors import AuthenticationError, ConfigurationError, InvalidRequestError, MedGemmaClientError, one_line
 from .inputs import InputOptions
 from .jobs import Job
 from .medgemma_client import MedGemmaClient
@@ -26,8 +26,6 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # the job failed, the API could not be reached, or some batch documents failed
 EXIT_USAGE = 2  # bad arguments, unreadable input, missing or rejected credentials
 EXIT_INTERRUPTED = 130  # Ctrl-C; the remote job was cancelled where possible
-
-MAX_ERROR_LINE_CHARS = 500
 
 
 def main(argv: list[str] | None = None, *, prog: str = "medgemma-client") -> int:
@@ -47,7 +45,7 @@ def main(argv: list[str] | None = None, *, prog: str = "medgemma-client") -> int
     except (ConfigurationError, InvalidRequestError, AuthenticationError) as exc:
         _error(exc)
         return EXIT_USAGE
-    except MedGemmaError as exc:
+    except MedGemmaClientError as exc:
         _error(exc)
         return EXIT_FAILURE
     except KeyboardInterrupt:
@@ -135,7 +133,8 @@ def _run_one(args: argparse.Namespace, client: MedGemmaClient) -> int:
     job: Job | None = None
     try:
         if args.stream:
-            job = client.run(text, stream=True, label=label, **options)
+            options["stream"] = True
+            job = client.run(text, label=label, **options)
             print(f"job {job.id} submitted", file=sys.stderr)
             for piece in job.stream(cancel_on_timeout=True):
                 if not args.json:
@@ -220,7 +219,7 @@ def _cancel_after_interrupt(job: Job | None) -> None:
         return
     try:
         cancelled = job.cancel()
-    except MedGemmaError as exc:
+    except MedGemmaClientError as exc:
         print(f"interrupted; could not cancel job {job.id}: {exc}", file=sys.stderr)
         return
     outcome = "cancelled" if cancelled else "could not cancel (already finished, or a local worker)"
@@ -236,10 +235,7 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def _error(exc: BaseException) -> None:
-    message = " ".join(str(exc).split())
-    if len(message) > MAX_ERROR_LINE_CHARS:
-        message = message[: MAX_ERROR_LINE_CHARS - 1] + "…"
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {one_line(str(exc), MAX_ERROR_LINE_CHARS)}", file=sys.stderr)
 
 
 def _positive_int(value: str) -> int:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -97,6 +98,37 @@ def test_every_worker_module_imports_alone_and_heavy_imports_stay_in_engines() -
         assert "client" not in packages, f"{module} imports the client"
         if not module.startswith("medgemma.engines") and module not in HEAVY_OUTSIDE_ENGINES:
             assert not packages & set(HEAVY), f"{module} imports {sorted(packages & set(HEAVY))}"
+
+
+def relative_imports(module: str) -> set[str]:
+    """The package modules ``module`` imports by relative import, ``TYPE_CHECKING`` blocks included."""
+    path = REPO / Path(*module.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+            target = f"{base}.{node.module}" if node.module else base
+            found |= {f"{target}.{alias.name}" for alias in node.names} | {target}
+    return found
+
+
+def test_the_client_has_no_import_cycle_even_for_type_checking() -> None:
+    modules = set(modules_of("client")) - {"client"}
+    graph = {module: relative_imports(module) & modules - {module} for module in modules}
+
+    def cycle_from(module: str, path: list[str]) -> list[str] | None:
+        if module in path:
+            return path[path.index(module) :] + [module]
+        for imported in sorted(graph[module]):
+            found = cycle_from(imported, [*path, module])
+            if found:
+                return found
+        return None
+
+    cycles = [cycle for module in sorted(modules) if (cycle := cycle_from(module, []))]
+    assert not cycles, "import cycle: " + " -> ".join(cycles[0])
 
 
 def copy_checkout(target: Path) -> Path:
