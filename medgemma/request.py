@@ -23,6 +23,7 @@ KNOWN_FIELDS = frozenset(
 )
 MAX_TEMPERATURE = 2.0
 MAX_SEED = 2**32 - 1
+TEXT_ONLY_PROBLEM = "this worker serves a text-only model, which takes no images; send text alone"
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,6 @@ class GenerationRequest:
     job_id: str = "-"
 
     @property
-    def do_sample(self) -> bool:
-        return bool(self.temperature)
-
-    @property
     def sampling_key(self) -> SamplingKey:
         return SamplingKey(self.max_new_tokens, self.temperature or None, self.top_p, self.seed)
 
@@ -69,8 +66,11 @@ class GenerationRequest:
         ]
 
 
-def parse_job_input(raw: object, settings: Settings, job_id: str = "-") -> GenerationRequest:
-    """Validate a job's ``input`` object; raise InputError naming the first bad field."""
+def parse_job_input(raw: object, settings: Settings, job_id: str = "-", vision: bool = True) -> GenerationRequest:
+    """Validate a job's ``input`` object; raise InputError naming the first bad field.
+
+    ``vision`` is False for a text-only model: images are refused, and no dummy image is added.
+    """
     if not isinstance(raw, dict):
         raise InputError("input", f"must be a JSON object, got {type(raw).__name__}")
     data = _apply_aliases(raw)
@@ -92,7 +92,9 @@ def parse_job_input(raw: object, settings: Settings, job_id: str = "-") -> Gener
         raise InputError("system_prompt", f"is over the limit of {settings.max_input_chars} characters")
 
     images = _images(data, settings)
-    used_dummy = not images and settings.dummy_image
+    if images and not vision:
+        raise InputError("image" if "image" in data else "images", TEXT_ONLY_PROBLEM)
+    used_dummy = not images and settings.dummy_image and vision
     if used_dummy:
         images = [create_dummy_image()]
 

@@ -15,7 +15,8 @@ from typing import TypeVar
 
 from medgemma.errors import SettingsError
 
-QUANTIZATIONS = ("nf4", "int8", "none")
+QUANTIZATIONS = ("nf4", "int8", "fp8", "none")  # fp8: ENGINE=vllm only
+ENGINES = ("transformers", "vllm", "auto")
 DTYPES = ("bfloat16", "float32")
 DEVICES = ("auto", "cpu", "cuda")
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
@@ -27,7 +28,7 @@ DEFAULT_MAX_INPUT_CHARS = 200_000
 DEFAULT_MAX_IMAGES = 8
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
-DEFAULT_MAX_CONCURRENCY = 1
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_MS = 20
 DEFAULT_STANDIN_SUBDIR = "medgemma-runpod"
@@ -52,6 +53,7 @@ class Settings:
     """Everything the worker reads from its environment, already validated."""
 
     model_id: str | None  # None: the embedded stand-in
+    engine: str  # "transformers" | "vllm" | "auto" (vLLM when it is installed and CUDA is present)
     quantization: str | None  # None: nf4 on CUDA, none on CPU
     dtype: str | None  # None: bfloat16 on CUDA, float32 on CPU
     device: str
@@ -65,12 +67,17 @@ class Settings:
     max_images: int
     max_image_bytes: int
     max_image_pixels: int
-    max_concurrency: int
+    max_concurrency: int | None  # None: the engine's own figure (ModelInfo.max_concurrency)
     max_batch_size: int
     batch_wait_ms: int
     streaming: bool
     static_cache: bool
     torch_compile: bool
+    # The vLLM engine's settings, named as in runpod-workers/worker-vllm.
+    max_model_len: int | None  # None: the model's own context length
+    gpu_memory_utilization: float
+    enforce_eager: bool
+    max_num_seqs: int | None  # None: vLLM's default
 
     @property
     def uses_standin(self) -> bool:
@@ -100,6 +107,7 @@ class Settings:
         hf_home = env.get("HF_HOME") or None
         return cls(
             model_id=resolve_model_id(env.get("MODEL_ID", "").strip() or None),
+            engine=reader.choice("ENGINE", ENGINES, default="auto"),
             quantization=quantization,
             dtype=None if dtype == "auto" else dtype,
             device=reader.choice("DEVICE", DEVICES, default="auto"),
@@ -116,12 +124,18 @@ class Settings:
             max_images=reader.integer("MAX_IMAGES", DEFAULT_MAX_IMAGES, minimum=1),
             max_image_bytes=reader.integer("MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES, minimum=1),
             max_image_pixels=reader.integer("MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1),
-            max_concurrency=reader.integer("MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY, minimum=1),
+            max_concurrency=reader.optional_integer("MAX_CONCURRENCY", minimum=1),
             max_batch_size=reader.integer("MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, minimum=1),
             batch_wait_ms=reader.integer("BATCH_WAIT_MS", DEFAULT_BATCH_WAIT_MS, minimum=0),
             streaming=reader.boolean("STREAMING", default=False),
             static_cache=static_cache,
             torch_compile=torch_compile,
+            max_model_len=reader.optional_integer("MAX_MODEL_LEN", minimum=1),
+            gpu_memory_utilization=reader.number(
+                "GPU_MEMORY_UTILIZATION", DEFAULT_GPU_MEMORY_UTILIZATION, low=0.05, high=1.0
+            ),
+            enforce_eager=reader.boolean("ENFORCE_EAGER", default=False),
+            max_num_seqs=reader.optional_integer("MAX_NUM_SEQS", minimum=1),
         )
 
 
@@ -193,6 +207,22 @@ class EnvReader:
                 raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
             if value < minimum:
                 raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+            return value
+
+        return self._parse(name, default, parse)
+
+    def optional_integer(self, name: str, minimum: int) -> int | None:
+        """An integer, or None when unset (the engine then decides)."""
+        return self.integer(name, 0, minimum) if self._env.get(name, "").strip() else None
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        def parse(raw: str) -> float:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+            if not low <= value <= high:
+                raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
             return value
 
         return self._parse(name, default, parse)

@@ -127,12 +127,16 @@ def test_entrypoint_is_start_sh_and_agrees_on_hf_home() -> None:
     assert json.loads(arguments("CMD")[-1]) == ["python", "-u", "handler.py"]
 
 
-def test_base_image_is_a_pinned_runpod_pytorch_new_enough_for_transformers_5() -> None:
+def test_base_image_is_a_pinned_cuda_13_base_and_the_image_says_it_needs_cuda() -> None:
     stages = {rest.split()[-1] for rest in arguments("FROM") if " AS " in rest.upper()}
     images = [rest.split()[0] for rest in arguments("FROM") if rest.split()[0] not in stages and "$" not in rest]
-    assert images == ["runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04"]
-    tag = re.fullmatch(r"runpod/pytorch:(\d+)\.(\d+)\.\d+-py3\.(\d+)-.+", images[0])
-    assert tag and (int(tag[1]), int(tag[2])) >= (2, 6) and int(tag[3]) >= 11
+    assert len(images) == 1
+    # torch 2.13.0 and vllm 0.32.0 on PyPI are CUDA 13 builds (vllm's kernels link libcudart.so.13).
+    tag = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-base-ubuntu(\d+)\.04", images[0])
+    assert tag and int(tag[1]) == 13, images[0]
+    worker_stage = dict(re.findall(r"(\w+)=(\S+)", next(rest for rest in arguments("ENV") if "DEVICE=" in rest)))
+    assert worker_stage["DEVICE"] == "cuda"  # no silent CPU: the worker stops without a GPU
+    assert worker_stage["ENGINE"] == "vllm"
 
 
 def test_prequantize_stage_serves_the_directory_it_writes() -> None:
@@ -140,8 +144,8 @@ def test_prequantize_stage_serves_the_directory_it_writes() -> None:
     assert froms[-1] == "prequantize-${PREQUANTIZE}"
     assert {"worker AS prequantize-false", "worker AS prequantize-true"} <= set(froms)
     output = re.search(r"-m builder\.prequantize --output (\S+)", " ".join(arguments("RUN")))
-    assert output and arguments("ENV")[-1] == f"MODEL_ID={output.group(1)}"
-    assert "MODEL_ID=google/medgemma-1.5-4b-it " in arguments("ENV")[0]  # the worker stage's
+    assert output and arguments("ENV")[-1] == f"MODEL_ID={output.group(1)} ENGINE=transformers"
+    assert any("MODEL_ID=google/medgemma-1.5-4b-it " in rest for rest in arguments("ENV"))  # the worker stage's
 
 
 def test_no_secret_is_an_arg_or_env_and_the_token_is_a_secret_mount() -> None:

@@ -25,9 +25,6 @@ from runpod_double import RunPodDouble, fake_answer
 
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "vllm", "xgrammar")
-# Modules outside medgemma/engines/ that still import a heavy library, until the engine
-# refactor moves them (each must exist, so a moved module has to leave this list too).
-HEAVY_OUTSIDE_ENGINES = {"medgemma.model"}
 # Prints which of our packages and which heavy libraries importing argv[1] loaded.
 PROBE = (
     "import importlib, json, sys\n"
@@ -88,7 +85,6 @@ def test_every_client_module_imports_alone_without_torch_or_the_worker() -> None
 def test_every_worker_module_imports_alone_and_heavy_imports_stay_in_engines() -> None:
     modules = modules_of("medgemma")
     assert {"medgemma.settings", "medgemma.worker"} <= set(modules)
-    assert HEAVY_OUTSIDE_ENGINES <= set(modules), "a module left HEAVY_OUTSIDE_ENGINES: drop it from the list"
 
     loaded = import_each(modules)
 
@@ -96,7 +92,7 @@ def test_every_worker_module_imports_alone_and_heavy_imports_stay_in_engines() -
     assert not failed, f"modules that do not import on their own: {failed}"
     for module, packages in loaded.items():
         assert "client" not in packages, f"{module} imports the client"
-        if not module.startswith("medgemma.engines") and module not in HEAVY_OUTSIDE_ENGINES:
+        if not module.startswith("medgemma.engines"):
             assert not packages & set(HEAVY), f"{module} imports {sorted(packages & set(HEAVY))}"
 
 

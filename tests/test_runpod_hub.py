@@ -16,12 +16,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
-from test_builder import arguments
+from test_builder import instructions
 
 from medgemma.errors import SettingsError
 from medgemma.request import parse_job_input
-from medgemma.settings import DEVICES, DTYPES, QUANTIZATIONS, Settings
+from medgemma.settings import DEVICES, DTYPES, ENGINES, QUANTIZATIONS, Settings
 
 REPO = Path(__file__).resolve().parent.parent
 HUB = json.loads((REPO / ".runpod" / "hub.json").read_text())
@@ -46,15 +45,17 @@ GPU_POOL_OR_ID = re.compile(r"^-?[A-Z0-9][A-Za-z0-9_ -]+$")
 
 # Read by a library, not by medgemma/: the hub client reads HF_TOKEN from the environment.
 READ_ELSEWHERE = {"HF_TOKEN"}
-# Settings and values that the engine refactor (issue 15) adds. Each must still be missing from
-# the worker, so that when it lands this list has to shrink and the checks below cover it.
-PENDING_SETTINGS = {"ENGINE", "MAX_MODEL_LEN", "GPU_MEMORY_UTILIZATION", "ENFORCE_EAGER", "MAX_NUM_SEQS"}
-PENDING_VALUES = {("QUANTIZATION", "fp8")}
 
 
 def image_env() -> dict[str, str]:
     """The environment the default image (the Dockerfile's worker stage) gives the worker."""
-    return dict(re.findall(r"(\w+)=(\S+)", arguments("ENV")[0]))
+    env: dict[str, str] = {}
+    for keyword, rest in instructions():
+        if keyword == "FROM" and rest.startswith("worker "):
+            break
+        if keyword == "ENV":
+            env.update(re.findall(r"(\w+)=(\S+)", rest))
+    return env
 
 
 def check_fields(where: str, obj: Any, fields: tuple[set[str], set[str]]) -> None:
@@ -94,8 +95,6 @@ def names_the_worker_reads() -> set[str]:
 
 
 def worker_accepts(key: str, value: str) -> bool:
-    if (key, value) in PENDING_VALUES or key in PENDING_SETTINGS:
-        return True
     try:
         Settings.from_env({**image_env(), key: value})
     except SettingsError:
@@ -196,41 +195,30 @@ def test_tests_json_has_the_documented_fields() -> None:
 def test_every_input_is_a_setting_the_worker_reads() -> None:
     read = names_the_worker_reads()
     assert {"MODEL_ID", "QUANTIZATION", "MAX_NEW_TOKENS"} <= read
-    landed = PENDING_SETTINGS & read
-    assert not landed, f"the worker reads {sorted(landed)} now: remove them from PENDING_SETTINGS"
     for key in env_inputs():
-        assert key in read | READ_ELSEWHERE | PENDING_SETTINGS, f"{key} is not a setting of this worker"
+        assert key in read | READ_ELSEWHERE, f"{key} is not a setting of this worker"
 
 
 def test_choices_match_the_worker_and_defaults_are_the_images() -> None:
     inputs = env_inputs()
     offered = {key: {option["value"] for option in spec.get("options", [])} for key, spec in inputs.items()}
-    assert set(QUANTIZATIONS) <= offered["QUANTIZATION"]
+    assert offered["QUANTIZATION"] == set(QUANTIZATIONS) and offered["ENGINE"] == set(ENGINES)
     assert offered["DTYPE"] == {"auto", *DTYPES} and offered["DEVICE"] == set(DEVICES)
     image = Settings.from_env(image_env())
     for key, spec in inputs.items():
         for value in offered[key]:
             assert worker_accepts(key, value), f"the worker refuses {key}={value}"
-        if "default" in spec and key not in PENDING_SETTINGS:
+        if "default" in spec:
             chosen = Settings.from_env({**image_env(), key: as_env_value(spec["default"], spec)})
             assert chosen == image, f"{key}'s default {spec['default']!r} is not the image's"
-
-
-def test_pending_values_are_still_refused_by_the_worker() -> None:
-    for key, value in sorted(PENDING_VALUES):
-        with pytest.raises(SettingsError):
-            Settings.from_env({**image_env(), key: value})
 
 
 def test_every_preset_is_a_valid_worker_configuration() -> None:
     inputs = env_inputs()
     for preset in HUB["config"]["presets"]:
-        env = {
-            key: as_env_value(value, inputs[key])
-            for key, value in preset["defaults"].items()
-            if key not in PENDING_SETTINGS and (key, value) not in PENDING_VALUES
-        }
-        Settings.from_env({**image_env(), **env})
+        env = {key: as_env_value(value, inputs[key]) for key, value in preset["defaults"].items()}
+        settings = Settings.from_env({**image_env(), **env})
+        assert settings.engine == preset["defaults"]["ENGINE"]
 
 
 def test_hub_tests_run_the_standin_without_a_token() -> None:

@@ -98,7 +98,8 @@ def test_settings_import_without_heavy_libraries():
     import sys
 
     code = (
-        "import sys, medgemma.settings, medgemma.request, medgemma.prompts, medgemma.engine; "
+        "import sys, medgemma.settings, medgemma.request, medgemma.prompts, medgemma.tokens, medgemma.decoding, "
+        "medgemma.sources, medgemma.model_access, medgemma.worker, medgemma.engines, medgemma.engines.batching; "
         "print(any(m in sys.modules for m in ('torch', 'transformers')))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
