@@ -8,6 +8,7 @@ from .errors import (
     AuthenticationError,
     ConfigurationError,
     DeadlineExceededError,
+    IncompleteResultError,
     InvalidRequestError,
     JobCancelledError,
     JobError,
@@ -20,6 +21,7 @@ from .errors import (
     ServerError,
     SubmissionUncertainError,
 )
+from .inputs import chat_message
 from .jobs import Job
 from .medgemma_client import MedGemmaClient
 from .policies import PollPolicy, RetryPolicy
@@ -33,6 +35,7 @@ __all__ = [
     "AuthenticationError",
     "ConfigurationError",
     "DeadlineExceededError",
+    "IncompleteResultError",
     "InvalidRequestError",
     "Job",
     "JobCancelledError",
@@ -50,4 +53,5 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "SubmissionUncertainError",
+    "chat_message",
 ]

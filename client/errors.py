@@ -127,6 +127,18 @@ class JobTimedOutError(JobError):
     status = "TIMED_OUT"
 
 
+class IncompleteResultError(MedGemmaClientError):
+    """A JSON job ended before its object was closed (``finish_reason`` "length"): no object to use."""
+
+    def __init__(self, job_id: str | None, finish_reason: str | None) -> None:
+        self.job_id = job_id
+        self.finish_reason = finish_reason
+        super().__init__(
+            f"job {job_id}: the JSON object is incomplete (finish_reason {finish_reason}); "
+            "allow more tokens (max_new_tokens, --max-tokens)"
+        )
+
+
 class DeadlineExceededError(MedGemmaClientError):
     """We stopped waiting; the job itself may still be running remotely."""
 

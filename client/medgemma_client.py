@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import Any, Unpack
 
 from .config import ClientConfig, resolve_config
 from .constants import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, WAIT_TIMEOUT_S
-from .inputs import InputOptions, build_job_input
+from .inputs import InputOptions, JobOptions, Message, build_job_input
 from .jobs import Job
 from .policies import PollPolicy, RetryPolicy
 from .results import JobResult, JobState
@@ -128,6 +129,21 @@ class MedGemmaClient:
         """Summarise a clinical note (``mode="summarize"``, whatever ``options`` say)."""
         options["mode"] = "summarize"
         return self.generate(text, timeout=timeout, label=label, **options)
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        timeout: float | None = None,
+        label: str | None = None,
+        **options: Unpack[JobOptions],
+    ) -> JobResult:
+        """Answer the last turn of a conversation (the job's ``messages``, see ``chat_message``).
+
+        A system turn in ``messages`` wins over ``mode`` and ``system_prompt``. Use
+        ``run(messages=...)`` to submit one without waiting, or to stream it.
+        """
+        return self.generate(timeout=timeout, label=label, messages=messages, **options)
 
     def job(self, job_id: str, *, label: str | None = None) -> Job:
         """A handle on an existing job, e.g. one submitted earlier with ``run()``."""
