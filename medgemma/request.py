@@ -12,7 +12,7 @@ from typing import Any
 from PIL import Image
 
 from medgemma.errors import InputError
-from medgemma.images import create_dummy_image, decode_image
+from medgemma.images import create_dummy_image, load_image
 from medgemma.prompts import DEFAULT_MODE, check_mode, system_prompt_for
 from medgemma.settings import Settings
 
@@ -91,9 +91,9 @@ def parse_job_input(raw: object, settings: Settings, job_id: str = "-", vision: 
     if override is not None and len(override) > settings.max_input_chars:
         raise InputError("system_prompt", f"is over the limit of {settings.max_input_chars} characters")
 
+    if not vision and (data.get("image") is not None or data.get("images")):  # before any image is fetched
+        raise InputError("image" if data.get("image") is not None else "images", TEXT_ONLY_PROBLEM)
     images = _images(data, settings)
-    if images and not vision:
-        raise InputError("image" if "image" in data else "images", TEXT_ONLY_PROBLEM)
     used_dummy = not images and settings.dummy_image and vision
     if used_dummy:
         images = [create_dummy_image()]
@@ -163,13 +163,13 @@ def _images(data: dict[str, Any], settings: Settings) -> list[Image.Image]:
     else:
         values, name = data.get("images") or [], "images"
         if not isinstance(values, list):
-            raise InputError("images", f"must be a list of base64 strings, got {type(values).__name__}")
+            raise InputError(
+                "images", f"must be a list of images (base64, data or https URLs), got {type(values).__name__}"
+            )
     if len(values) > settings.max_images:
         raise InputError(name, f"has {len(values)} images, over the limit of {settings.max_images}")
     return [
-        decode_image(
-            value, name if name == "image" else f"images[{index}]", settings.max_image_bytes, settings.max_image_pixels
-        )
+        load_image(value, name if name == "image" else f"images[{index}]", settings)
         for index, value in enumerate(values)
     ]
 

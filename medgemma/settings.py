@@ -7,7 +7,9 @@ No heavy imports: this module must import and test in milliseconds.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,10 @@ DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_MS = 20
 DEFAULT_STANDIN_SUBDIR = "medgemma-runpod"
+DEFAULT_IMAGE_URL_TIMEOUT_S = 10.0
+DEFAULT_IMAGE_URL_DEADLINE_S = 30.0
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 FLOAT16_REFUSAL = (
     "DTYPE=float16 is refused: Gemma 3 overflows in float16 (NaN logits, empty or "
@@ -78,6 +84,11 @@ class Settings:
     gpu_memory_utilization: float
     enforce_eager: bool
     max_num_seqs: int | None  # None: vLLM's default
+    image_url_allow_http: bool
+    image_url_ca_bundle: Path | None  # extra CA certificates (PEM) trusted for image fetches
+    image_url_allow_addresses: tuple[IPNetwork, ...]  # exempt from the SSRF rules (tests)
+    image_url_timeout_s: float  # connect, and each read
+    image_url_deadline_s: float  # one whole fetch, redirects included
 
     @property
     def uses_standin(self) -> bool:
@@ -136,6 +147,13 @@ class Settings:
             ),
             enforce_eager=reader.boolean("ENFORCE_EAGER", default=False),
             max_num_seqs=reader.optional_integer("MAX_NUM_SEQS", minimum=1),
+            image_url_allow_http=reader.boolean("IMAGE_URL_ALLOW_HTTP", default=False),
+            image_url_ca_bundle=ca_bundle("IMAGE_URL_CA_BUNDLE", env.get("IMAGE_URL_CA_BUNDLE", "").strip()),
+            image_url_allow_addresses=networks("IMAGE_URL_ALLOW_ADDRESSES", env.get("IMAGE_URL_ALLOW_ADDRESSES", "")),
+            image_url_timeout_s=reader.number("IMAGE_URL_TIMEOUT_S", DEFAULT_IMAGE_URL_TIMEOUT_S, low=0.1, high=600),
+            image_url_deadline_s=reader.number(
+                "IMAGE_URL_DEADLINE_S", DEFAULT_IMAGE_URL_DEADLINE_S, low=0.1, high=3600
+            ),
         )
 
 
@@ -173,6 +191,33 @@ def resolve_model_id(model_id: str | None) -> str | None:
         f"MODEL_ID {model_id!r} holds no config.json"
         + (f" and {len(children)} candidate subdirectories; point it at one" if children else "")
     )
+
+
+def ca_bundle(name: str, raw: str) -> Path | None:
+    """A PEM file of CA certificates, loaded once here so a bad path fails at boot."""
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise SettingsError(f"{name} {raw!r} is not a file (it must be a PEM file of CA certificates)")
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=str(path))
+    except (ssl.SSLError, OSError, ValueError):
+        raise SettingsError(f"{name} {raw!r} holds no readable PEM CA certificate") from None
+    return path
+
+
+def networks(name: str, raw: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated addresses or CIDR networks; host bits set (10.0.0.1/8) are a typo, refused."""
+    parsed = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            parsed.append(ipaddress.ip_network(item, strict=True))
+        except ValueError:
+            raise SettingsError(f"{name} must be comma-separated IP addresses or networks, got {item!r}") from None
+    return tuple(parsed)
 
 
 class EnvReader:
