@@ -18,7 +18,7 @@ from client import IncompleteResultError, InvalidRequestError, JobFailedError, c
 from client.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from client.inputs import build_job_input
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(60)
 
 NOTE = "Synthetic note: 63-year-old, COPD exacerbation, improved on nebulisers and prednisolone."
 QUESTION = "Which medicines were given?"
