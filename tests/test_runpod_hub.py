@@ -225,6 +225,6 @@ def test_hub_tests_run_the_standin_without_a_token() -> None:
     env = {entry["key"]: entry["value"] for entry in TESTS["config"]["env"]}
     assert not [key for key in env if re.search(r"TOKEN\b|SECRET|API_?KEY", key)], "Hub tests run without a token"
     settings = Settings.from_env({**image_env(), **env})
-    assert settings.uses_standin, "MODEL_ID must be empty in the Hub tests: the stand-in needs no token"
+    assert settings.uses_standin, "MODEL_ID must be standin in the Hub tests: the stand-in needs no token"
     for test in TESTS["tests"]:
         parse_job_input(test["input"], settings, job_id=test["name"])
