@@ -21,7 +21,7 @@ import pytest
 import handler
 from medgemma.errors import SettingsError
 from medgemma.images import create_dummy_image, encode_image
-from medgemma.request import parse_job_input
+from medgemma.request import TEXT_ONLY_PROBLEM, parse_job_input
 from medgemma.worker import Worker
 from tests.conftest import REPO, TEST_ENV, VLLM_TEST_ENV, run
 
@@ -153,7 +153,7 @@ def test_an_image_on_the_text_only_model_is_an_input_error(vllm_worker, field, m
     monkeypatch.setattr(handler, "WORKER", vllm_worker)
     image = encode_image(create_dummy_image(32))
     result = run(handler.handler({"id": "img", "input": {"text": NOTE, field: image if field == "image" else [image]}}))
-    assert result == {"error": f"{field}: this worker serves a text-only model, which takes no images; send text alone"}
+    assert result == {"error": f"{field}: {TEXT_ONLY_PROBLEM}"}
 
 
 def test_the_engine_reports_what_vllm_planned_at_start_up(vllm_worker):

@@ -97,13 +97,12 @@ def start(settings: Settings, source: ModelSource) -> VllmEngine:
     saved_quantization = _saved_quantization(config)
     quantization = saved_quantization or _quantization(settings, device)
     dtype = settings.dtype or ("float32" if device == "cpu" else "bfloat16")
-    args = engine_args(settings, source, device, dtype, None if saved_quantization else quantization, vision)
+    kwargs = engine_kwargs(settings, source, device, dtype, None if saved_quantization else quantization, vision)
 
     loop = _EngineLoop()
     capture = _ErrorCapture()
-    args.logging_config = capture.logging_config()
     try:
-        llm = loop.run(_start_llm(args))
+        llm = loop.run(_start_llm(AsyncEngineArgs(**kwargs, logging_config=capture.logging_config())))
     except Exception as error:
         loop.stop()
         cause = capture.cause()
@@ -133,14 +132,14 @@ def start(settings: Settings, source: ModelSource) -> VllmEngine:
         max_num_seqs,
         info.context_length,
     )
-    return VllmEngine(llm, loop, capture, tokenizer, processor, config, info)
+    return VllmEngine(llm, loop, capture, kwargs, tokenizer, processor, config, info)
 
 
-def engine_args(
+def engine_kwargs(
     settings: Settings, source: ModelSource, device: str, dtype: str, quantization: str | None, vision: bool
-) -> AsyncEngineArgs:
-    """vLLM's arguments for these settings (the benchmark starts plain vLLM with the same ones)."""
-    return AsyncEngineArgs(
+) -> dict[str, Any]:
+    """vLLM's engine arguments for these settings."""
+    return dict(
         model=source.location,
         dtype=dtype,
         quantization=VLLM_QUANTIZATION[quantization] if quantization else None,
@@ -154,7 +153,6 @@ def engine_args(
         limit_mm_per_prompt={"image": settings.max_images} if vision else None,
         # Per-request stats give each job its queue time; vLLM logs only aggregate throughput.
         disable_log_stats=False,
-        enable_log_requests=False,
     )
 
 
@@ -278,6 +276,7 @@ class VllmEngine:
         llm: AsyncLLM,
         loop: _EngineLoop,
         capture: _ErrorCapture,
+        engine_kwargs: dict[str, Any],
         tokenizer: Any,
         processor: Any,
         config: Any,
@@ -287,6 +286,8 @@ class VllmEngine:
         self.info = info
         self.tokenizer = tokenizer
         self.sampling_hook: Callable[[SamplingKey], dict[str, Any]] | None = None
+        #: The arguments vLLM was started with (the benchmark starts plain vLLM with the same ones).
+        self.engine_kwargs = engine_kwargs
         self._loop = loop
         self._capture = capture  # vLLM's processes keep writing their errors there until close()
         self._ids = itertools.count()
