@@ -34,6 +34,7 @@ DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_MS = 20
 DEFAULT_STANDIN_SUBDIR = "medgemma-runpod"
+STANDIN_MODEL_ID = "standin"  # MODEL_ID=standin: the embedded stand-in, as when MODEL_ID is unset
 DEFAULT_IMAGE_URL_TIMEOUT_S = 10.0
 DEFAULT_IMAGE_URL_DEADLINE_S = 30.0
 
@@ -173,10 +174,13 @@ def load_settings(env: Mapping[str, str] | None = None, dotenv_path: str | None 
 def resolve_model_id(model_id: str | None) -> str | None:
     """Return a hub id unchanged, or the directory that actually holds ``config.json``.
 
+    None, or ``STANDIN_MODEL_ID`` (for environments that can't pass an empty value, such as
+    an image whose MODEL_ID is preset), means the embedded stand-in.
+
     A download often nests the checkpoint one level down (``models/medgemma/<snapshot>/``);
     a directory with exactly one such child is followed into.
     """
-    if model_id is None:
+    if model_id is None or model_id == STANDIN_MODEL_ID:
         return None
     path = Path(model_id).expanduser()
     looks_like_path = model_id.startswith(("/", ".", "~")) or path.exists()
