@@ -197,11 +197,10 @@ def test_messages_and_text_jobs_share_a_batch(transformers_worker):
     engine = BatchEngine(transformers_worker.engine.backend, max_batch_size=8, batch_wait_seconds=1.0)
     batching = Worker(replace(transformers_worker.settings, dummy_image=False), engine)
     inputs = [
-        {"text": "SYNTHETIC. Potassium 6.1. What next?", "max_new_tokens": 4},
-        {"messages": [user("SYNTHETIC. What is sepsis?")], "max_new_tokens": 4},
+        {"text": "SYNTHETIC. Potassium 6.1. What next?", "max_new_tokens": 3},
         {
             "messages": [user("Hi"), {"role": "assistant", "content": "Hello."}, user("Define AKI.")],
-            "max_new_tokens": 4,
+            "max_new_tokens": 3,
         },
     ]
 
@@ -210,7 +209,7 @@ def test_messages_and_text_jobs_share_a_batch(transformers_worker):
 
     try:
         batched = run(together())
-        assert [result["batch_size"] for result in batched] == [3, 3, 3]
+        assert [result["batch_size"] for result in batched] == [2, 2]
         for data, result in zip(inputs, batched, strict=True):
             alone = run(Worker(batching.settings, transformers_worker.engine).run({"id": "alone", "input": data}))
             assert result["output"] == alone["output"] and result["usage"] == alone["usage"]

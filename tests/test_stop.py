@@ -64,11 +64,11 @@ def test_thinking_is_never_matched(tokenizer):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_job_with_a_stop_string_ends_early(worker, stream):
-    plain = run(handler.handler({"id": "p", "input": {"text": QUESTION, "max_new_tokens": 10}}))
+    plain = run(handler.handler({"id": "p", "input": {"text": QUESTION, "max_new_tokens": 6}}))
     words = plain["output"].split()
     assert len(words) >= 2, plain
     stop = words[1]  # a word the greedy answer reaches
-    job = {"id": "s", "input": {"text": QUESTION, "max_new_tokens": 10, "stop": [stop, "\u2603"], "stream": stream}}
+    job = {"id": "s", "input": {"text": QUESTION, "max_new_tokens": 6, "stop": [stop, "\u2603"], "stream": stream}}
     if stream:
 
         async def collect():
