@@ -109,7 +109,8 @@ async def run(worker: Worker, job: dict[str, Any]) -> dict[str, Any]:
     route = _route(job)
     if route != CHAT_ROUTE:
         return _not_chat(worker.settings, route)
-    return await worker.run(job, ChatCompletions(worker))
+    answer: dict[str, Any] = await worker.run(job, ChatCompletions(worker))
+    return answer
 
 
 async def run_stream(worker: Worker, job: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:

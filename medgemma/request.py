@@ -226,9 +226,9 @@ def parse_messages(value: object, settings: Settings, vision: bool, name: str = 
                 "(after an optional system message)",
             )
         if role == "assistant":
-            images = [part_path for kind, part_path, _ in parts if kind != "text"]
-            if images:
-                raise InputError(images[0], "an assistant message holds text only; images go in user messages")
+            pictures = [part_path for kind, part_path, _ in parts if kind != "text"]
+            if pictures:
+                raise InputError(pictures[0], "an assistant message holds text only; images go in user messages")
         turns.append((role, parts))
     if not turns or turns[-1][0] != "user":
         raise InputError(name, "must end with a user message, which the model answers")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -94,7 +94,7 @@ class Worker:
 
     async def answer(
         self, job: dict[str, Any], streaming_worker: bool, dialect: Dialect | None = None
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         """The one job path, for plain and streamed jobs alike, in the job's dialect (native by default)."""
         dialect = dialect or NATIVE
         started = time.perf_counter()
