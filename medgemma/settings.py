@@ -53,6 +53,7 @@ STATIC_AND_COMPILE_REFUSAL = (
 )
 
 T = TypeVar("T")
+D = TypeVar("D")  # a default: the parsed type, or None for "unset"
 
 
 @dataclass(frozen=True)
@@ -235,11 +236,11 @@ class EnvReader:
     def text(self, name: str, default: str) -> str:
         return self._env.get(name, "").strip() or default
 
-    def _parse(self, name: str, default: T, parse: Callable[[str], T]) -> T:
+    def _parse(self, name: str, default: D, parse: Callable[[str], T]) -> T | D:
         raw = self._env.get(name, "").strip()
         return default if raw == "" else parse(raw)
 
-    def boolean(self, name: str, default: bool | None) -> bool | None:
+    def boolean(self, name: str, default: D) -> bool | D:
         def parse(raw: str) -> bool:
             word = raw.lower()
             if word in TRUE_WORDS:
@@ -278,7 +279,7 @@ class EnvReader:
 
         return self._parse(name, default, parse)
 
-    def choice(self, name: str, choices: tuple[str, ...], default: str | None) -> str | None:
+    def choice(self, name: str, choices: tuple[str, ...], default: D) -> str | D:
         def parse(raw: str) -> str:
             if raw.lower() not in choices:
                 raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
