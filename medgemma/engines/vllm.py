@@ -21,6 +21,7 @@ Settings: ``MAX_MODEL_LEN`` (default: the model's context), ``GPU_MEMORY_UTILIZA
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import importlib.util
 import itertools
@@ -315,7 +316,7 @@ class VllmEngine:
         started = time.perf_counter()
         messages = request.messages()
         prompt = self.prompts.build(messages)
-        check_context(len(prompt.ids), request.max_new_tokens, self.info.context_length)
+        check_context(len(prompt.ids), request.max_new_tokens, self.info.context_length, request.input_field)
         features: dict[str, Any] = TokensPrompt(prompt_token_ids=prompt.ids)
         if prompt.images and self._vllm_prompts is not None:
             features = TokensPrompt(
@@ -360,7 +361,7 @@ class VllmEngine:
         )
 
     async def _generate(self, prepared: Prepared, on_delta: DeltaCallback | None) -> EngineResult:
-        decoder = RowDecoder(self.tokenizer, self.stop_ids, self.think_ids, on_delta)
+        decoder = RowDecoder(self.tokenizer, self.stop_ids, self.think_ids, on_delta, prepared.request.stop)
         params = self.sampling_params(prepared.request.sampling_key)
         submitted = time.perf_counter()
         first_token_at: float | None = None
@@ -369,18 +370,22 @@ class VllmEngine:
             (engine_input,) = await self.llm.renderer.render_cmpl_async(
                 [parse_model_prompt(self.llm.model_config, prepared.features)]
             )
-            async for output in self.llm.generate(engine_input, params, f"medgemma-{next(self._ids)}"):
-                tokens = output.outputs[0].token_ids
-                if tokens and first_token_at is None:
-                    first_token_at = time.perf_counter()
-                    self._generating += 1
-                    stats = output.metrics  # engine-core timestamps, on the machine's monotonic clock
-                    if stats is not None and stats.scheduled_ts and stats.queued_ts:
-                        queue_seconds = max(0.0, stats.scheduled_ts - stats.queued_ts)
-                # The most answers vLLM generated alongside this one: its "batch".
-                batch_size = max(batch_size, self._generating)
-                for token in tokens:
-                    decoder.push(token)
+            outputs = self.llm.generate(engine_input, params, f"medgemma-{next(self._ids)}")
+            async with contextlib.aclosing(outputs):  # leaving early (a stop string) aborts the request
+                async for output in outputs:
+                    tokens = output.outputs[0].token_ids
+                    if tokens and first_token_at is None:
+                        first_token_at = time.perf_counter()
+                        self._generating += 1
+                        stats = output.metrics  # engine-core timestamps, on the machine's monotonic clock
+                        if stats is not None and stats.scheduled_ts and stats.queued_ts:
+                            queue_seconds = max(0.0, stats.scheduled_ts - stats.queued_ts)
+                    # The most answers vLLM generated alongside this one: its "batch".
+                    batch_size = max(batch_size, self._generating)
+                    for token in tokens:
+                        decoder.push(token)
+                    if decoder.stopped:  # EOS (vLLM ends there too) or one of the request's stop strings
+                        break
         except EngineDeadError:
             raise HostError(
                 "vLLM's engine process died; this worker can't serve any more jobs and asks RunPod for a fresh "
