@@ -148,6 +148,20 @@ def test_a_stream_whose_reader_goes_away_aborts_its_vllm_request(vllm_worker):
     run(read_one_delta())
 
 
+def test_a_stop_string_ends_the_vllm_request_early(vllm_worker):
+    """The answer reaches its stop string in a few tokens; its 2,000-token request is aborted then."""
+    plain = run(vllm_worker.run({"id": "p", "input": {"text": NOTE, "max_new_tokens": 6}}))
+    stop = plain["output"].split()[1]  # a word the greedy answer reaches
+
+    async def stopped() -> dict:
+        job = {"id": "s", "input": {"text": NOTE, "max_new_tokens": 2000, "stop": [stop]}}
+        return await asyncio.wait_for(vllm_worker.run(job), timeout=60)  # 2,000 tokens would take minutes
+
+    result = run(stopped())
+    assert result["finish_reason"] == "stop" and result["usage"]["completion_tokens"] <= 6
+    assert vllm_worker.engine.llm.get_num_unfinished_requests() == 0
+
+
 @pytest.mark.parametrize("field", ["image", "images"])
 def test_an_image_on_the_text_only_model_is_an_input_error(vllm_worker, field, monkeypatch):
     monkeypatch.setattr(handler, "WORKER", vllm_worker)
