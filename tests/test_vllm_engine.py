@@ -87,7 +87,7 @@ def divergence(vllm_worker: Worker, transformers_worker: Worker, job: dict) -> t
         outputs = [output async for output in vllm_worker.engine.llm.generate(prepared.features, params, "divergence")]
         return list(outputs[-1].outputs[0].token_ids)
 
-    ids = run(asyncio.wrap_future(vllm_worker.engine._loop.submit(vllm_ids())))
+    ids = run(asyncio.wrap_future(vllm_worker.engine.call(vllm_ids())))
     model = transformers_worker.engine.backend.model
     with torch.inference_mode():
         expected = model.generate(

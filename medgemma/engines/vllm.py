@@ -331,6 +331,10 @@ class VllmEngine:
     def stream(self, prepared: Prepared) -> AsyncIterator[str | EngineResult]:
         return stream_deltas(self.generate, prepared)
 
+    def call(self, coroutine: Coroutine[Any, Any, Any]) -> Future:
+        """Run ``coroutine`` on the engine's loop, where ``self.llm`` lives (tests and benchmarks use AsyncLLM directly)."""
+        return self._loop.submit(coroutine)
+
     def close(self) -> None:
         llm, self.llm = self.llm, None  # collected now, not at interpreter exit (where its __del__ fails)
         self._loop.run(_shutdown(llm))
