@@ -6,6 +6,7 @@ with a message that names the field and the limit, before the model is touched.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,12 +15,24 @@ from PIL import Image
 from medgemma.errors import InputError
 from medgemma.images import create_dummy_image, load_image
 from medgemma.prompts import DEFAULT_MODE, check_mode, system_prompt_for
-from medgemma.settings import Settings
+from medgemma.settings import BASE_ADAPTER, Settings
 
 # Aliases kept for callers of earlier MedGemma workers.
 ALIASES = {"custom_prompt": "system_prompt", "max_tokens": "max_new_tokens"}
 KNOWN_FIELDS = frozenset(
-    {"text", "image", "images", "mode", "system_prompt", "max_new_tokens", "temperature", "top_p", "seed", "stream"}
+    {
+        "text",
+        "image",
+        "images",
+        "mode",
+        "system_prompt",
+        "max_new_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "stream",
+        "adapter",
+    }
 )
 MAX_TEMPERATURE = 2.0
 MAX_SEED = 2**32 - 1
@@ -51,6 +64,7 @@ class GenerationRequest:
     seed: int | None = None
     stream: bool = False
     job_id: str = "-"
+    adapter: str | None = None  # an ADAPTERS name; None: the base model
 
     @property
     def sampling_key(self) -> SamplingKey:
@@ -66,10 +80,13 @@ class GenerationRequest:
         ]
 
 
-def parse_job_input(raw: object, settings: Settings, job_id: str = "-", vision: bool = True) -> GenerationRequest:
+def parse_job_input(
+    raw: object, settings: Settings, job_id: str = "-", vision: bool = True, adapters: Collection[str] = ()
+) -> GenerationRequest:
     """Validate a job's ``input`` object; raise InputError naming the first bad field.
 
     ``vision`` is False for a text-only model: images are refused, and no dummy image is added.
+    ``adapters``: the names of the adapters this worker serves.
     """
     if not isinstance(raw, dict):
         raise InputError("input", f"must be a JSON object, got {type(raw).__name__}")
@@ -78,6 +95,7 @@ def parse_job_input(raw: object, settings: Settings, job_id: str = "-", vision: 
     if unknown:
         raise InputError(unknown[0], f"is not a known field (known: {', '.join(sorted(KNOWN_FIELDS | set(ALIASES)))})")
 
+    adapter = choose_adapter(data.get("adapter"), adapters)
     text = _typed(data, "text", str, default="")
     if not text.strip():
         raise InputError("text", "is required and must not be empty")
@@ -121,7 +139,19 @@ def parse_job_input(raw: object, settings: Settings, job_id: str = "-", vision: 
         seed=seed,
         stream=_typed(data, "stream", bool, default=False),
         job_id=job_id,
+        adapter=adapter,
     )
+
+
+def choose_adapter(value: object, adapters: Collection[str]) -> str | None:
+    """A job's ``adapter`` field -> an adapter name, or None for the base model."""
+    if value is None or value == BASE_ADAPTER:
+        return None
+    if not isinstance(value, str):
+        raise InputError("adapter", f"must be a string, got {type(value).__name__}")
+    if value not in adapters:
+        raise InputError("adapter", f"unknown adapter {value[:64]!r} (known: {', '.join([BASE_ADAPTER, *adapters])})")
+    return value
 
 
 def _apply_aliases(raw: dict[str, Any]) -> dict[str, Any]:

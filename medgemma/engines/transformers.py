@@ -12,13 +12,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
+from medgemma import provenance
+from medgemma.adapters import Adapter
 from medgemma.decoding import DeltaCallback, RowDecoder, think_token_ids
 from medgemma.engines.base import Completion, ModelInfo, Prepared, check_context
 from medgemma.engines.batching import BatchEngine
@@ -32,6 +35,8 @@ from medgemma.tokens import ImageSequence, PromptBuilder
 log = logging.getLogger(__name__)
 
 DEFAULT_SAMPLING = {"top_k": 64, "top_p": 0.95}  # MedGemma's published defaults
+#: PEFT's name for "no adapter" in a mixed batch's ``adapter_names``.
+PEFT_BASE = "__base__"
 
 
 def start(settings: Settings, source: ModelSource) -> BatchEngine:
@@ -93,6 +98,7 @@ class HFBackend:
             vision=True,
             # Batching pays on a GPU; on CPU one job at a time keeps each job's latency low.
             max_concurrency=settings.max_batch_size if runtime.device == "cuda" else 1,
+            revision=provenance.revision(source),
         )
         if settings.torch_compile and runtime.device == "cuda" and runtime.quantization == "none":
             checkpoint.model.forward = torch.compile(checkpoint.model.forward, mode="reduce-overhead", dynamic=True)
@@ -106,6 +112,25 @@ class HFBackend:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def load_adapters(self, adapters: Sequence[Adapter]) -> None:
+        """Put the adapters on the model with PEFT, kept separate so that each row of a batch picks its own."""
+        from peft import PeftModel
+
+        for adapter in adapters:
+            started = time.perf_counter()
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(adapter.path, adapter_name=adapter.name, is_trainable=False)
+            else:
+                self.model = PeftModel.from_pretrained(
+                    self.model, adapter.path, adapter_name=adapter.name, is_trainable=False
+                )
+            log.info(
+                "adapter %s loaded in %.2f s: rank %d, %d layers, revision %s",
+                adapter.name, time.perf_counter() - started, adapter.rank, adapter.layers, adapter.revision,
+            )  # fmt: skip
+        self.model.eval()
+        self.info = replace(self.info, adapters=(*self.info.adapters, *adapters))
 
     def prepare(self, request: GenerationRequest) -> Prepared:
         """Token ids (caller text as plain text), image pixels, and the context check."""
@@ -128,8 +153,9 @@ class HFBackend:
     ) -> list[Completion]:
         """Decode ``batch`` together; every row gets the answer it would get alone (greedy).
 
-        All rows must share one SamplingKey. ``on_delta[i]``, when given, receives row i's
-        answer text as it is generated.
+        All rows must share one SamplingKey; each row's adapter (``request.adapter``) is its own
+        (PEFT's mixed-adapter batches). ``on_delta[i]``, when given, receives row i's answer
+        text as it is generated.
         """
         keys = {prepared.request.sampling_key for prepared in batch}
         if len(keys) != 1:
@@ -141,12 +167,16 @@ class HFBackend:
             for callback in (on_delta or [None] * len(batch))
         ]
         streamer = _BatchStreamer(decoders)
+        rows = [prepared.request.adapter or PEFT_BASE for prepared in batch]
+        adapters = {"adapter_names": rows} if self.info.adapters else {}
         with self._lock, torch.inference_mode():
             if key.seed is not None:
                 torch.manual_seed(key.seed)
             started = time.perf_counter()
             try:
-                self.model.generate(**inputs, generation_config=self._generation_config(key), streamer=streamer)
+                self.model.generate(
+                    **inputs, generation_config=self._generation_config(key), streamer=streamer, **adapters
+                )
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 raise GenerationFailed(
