@@ -67,6 +67,7 @@ ADAPTERS_AND_COMPILE_REFUSAL = (
 )
 
 T = TypeVar("T")
+D = TypeVar("D")  # a default: the parsed type, or None for "unset"
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Settings:
     """Everything the worker reads from its environment, already validated."""
 
     model_id: str | None  # None: the embedded stand-in
+    served_model_name: str | None  # the OpenAI route's model id; None: derived from model_id
     engine: str  # "transformers" | "vllm" | "auto" (vLLM when it is installed and CUDA is present)
     quantization: str | None  # None: nf4 on CUDA, none on CPU
     dtype: str | None  # None: bfloat16 on CUDA, float32 on CPU
@@ -146,6 +148,7 @@ class Settings:
         hf_home = env.get("HF_HOME") or None
         return cls(
             model_id=resolve_model_id(env.get("MODEL_ID", "").strip() or None),
+            served_model_name=env.get("SERVED_MODEL_NAME", "").strip() or None,
             engine=reader.choice("ENGINE", ENGINES, default="auto"),
             quantization=quantization,
             dtype=None if dtype == "auto" else dtype,
@@ -291,11 +294,11 @@ class EnvReader:
     def text(self, name: str, default: str) -> str:
         return self._env.get(name, "").strip() or default
 
-    def _parse(self, name: str, default: T, parse: Callable[[str], T]) -> T:
+    def _parse(self, name: str, default: D, parse: Callable[[str], T]) -> T | D:
         raw = self._env.get(name, "").strip()
         return default if raw == "" else parse(raw)
 
-    def boolean(self, name: str, default: bool | None) -> bool | None:
+    def boolean(self, name: str, default: D) -> bool | D:
         def parse(raw: str) -> bool:
             word = raw.lower()
             if word in TRUE_WORDS:
@@ -334,7 +337,7 @@ class EnvReader:
 
         return self._parse(name, default, parse)
 
-    def choice(self, name: str, choices: tuple[str, ...], default: str | None) -> str | None:
+    def choice(self, name: str, choices: tuple[str, ...], default: D) -> str | D:
         def parse(raw: str) -> str:
             if raw.lower() not in choices:
                 raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
