@@ -200,14 +200,58 @@ def test_a_batch_mixing_adapters_gives_every_job_its_answer_alone(transformers_a
         assert (answer["output"], answer["usage"]) == (alone["output"], alone["usage"])
 
 
+def test_the_openai_route_names_adapters_as_models(adapter_worker, monkeypatch):
+    """The openai SDK through the RunPod double: /v1/models lists the adapters, ``model`` picks one."""
+    import openai
+    from runpod_double import RunPodDouble
+
+    from medgemma.openai_api import served_model_id
+
+    monkeypatch.setattr(handler, "WORKER", adapter_worker)
+    served = served_model_id(adapter_worker.settings)
+    messages = [
+        {"role": "system", "content": "You are a concise clinical assistant."},
+        {"role": "user", "content": TEXTS[0]},
+    ]
+    with RunPodDouble(handler=handler.handler) as double:
+        client = openai.OpenAI(
+            api_key=double.api_key,
+            base_url=f"{double.base_url}/{double.endpoint_id}/openai/v1",
+            max_retries=0,
+            http_client=openai.DefaultHttpx2Client(trust_env=False),
+        )
+        models = list(client.models.list())
+        assert [(model.id, model.to_dict().get("parent")) for model in models] == [
+            (served, None),
+            ("cardio", served),
+            ("notes", served),
+        ]
+        assert client.models.retrieve("notes").to_dict()["root"] == str(
+            next(a.source for a in adapter_worker.engine.info.adapters if a.name == "notes")
+        )
+        answers = {
+            model: client.chat.completions.create(model=model, messages=messages, max_tokens=TOKENS)
+            for model in ("cardio", "medgemma")
+        }
+        with pytest.raises(openai.NotFoundError, match="and its adapters 'cardio', 'notes'"):
+            client.chat.completions.create(model="cardiology", messages=messages, max_tokens=TOKENS)
+    assert answers["cardio"].model == "cardio" and answers["medgemma"].model == served
+    native = run(
+        adapter_worker.run({"id": "n", "input": {"messages": messages, "adapter": "cardio", "max_new_tokens": TOKENS}})
+    )
+    assert answers["cardio"].choices[0].message.content == native["output"]
+    assert answers["cardio"].choices[0].message.content != answers["medgemma"].choices[0].message.content
+
+
 # ---- provenance ------------------------------------------------------------------------------
 
 
 def test_every_answer_says_which_weights_answered(adapter_worker, kit, caplog):
     info = adapter_worker.engine.info
+    base = run(adapter_worker.run(job(adapter="base")))
+    caplog.clear()
     with caplog.at_level("INFO", logger="medgemma.worker"):
         adapted = run(adapter_worker.run(job(adapter="notes")))
-    base = run(adapter_worker.run(job(adapter="base")))
     model = {"model": info.source, "model_revision": info.revision}
     assert info.source.startswith("embedded-standin:") and info.revision.startswith(("sha256:", "fingerprint:"))
     assert adapted["adapter"] == "notes"
