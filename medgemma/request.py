@@ -120,12 +120,14 @@ def parse_job_input(
     vision: bool = True,
     mode_prompts: bool = True,
     adapters: Collection[str] = (),
+    merged: bool = False,
 ) -> GenerationRequest:
     """Validate a job's ``input`` object; raise InputError naming the first bad field.
 
     ``vision`` is False for a text-only model: images are refused, and no dummy image is added.
     ``mode_prompts`` False (the OpenAI route): a messages job without a system turn gets none,
-    rather than its mode's. ``adapters``: the names of the adapters this worker serves.
+    rather than its mode's. ``adapters``: the names of the adapters this worker serves;
+    ``merged``: its one adapter is merged into the weights (ADAPTER_MERGE), so it answers every job.
     """
     if not isinstance(raw, dict):
         raise InputError("input", f"must be a JSON object, got {type(raw).__name__}")
@@ -134,7 +136,7 @@ def parse_job_input(
     if unknown:
         raise InputError(unknown[0], f"is not a known field (known: {', '.join(sorted(KNOWN_FIELDS | set(ALIASES)))})")
 
-    adapter = choose_adapter(data.get("adapter"), adapters)
+    adapter = choose_adapter(data.get("adapter"), adapters, merged)
     conversation = None
     text = ""
     if data.get("messages") is not None:
@@ -204,8 +206,21 @@ def parse_job_input(
     )
 
 
-def choose_adapter(value: object, adapters: Collection[str]) -> str | None:
-    """A job's ``adapter`` field -> an adapter name, or None for the base model."""
+def choose_adapter(value: object, adapters: Collection[str], merged: bool = False) -> str | None:
+    """A job's ``adapter`` field -> an adapter name, or None for the base model.
+
+    On a worker whose one adapter is merged into the weights, that adapter answers every job
+    and the base model is not there to ask.
+    """
+    if merged:
+        (only,) = adapters
+        if value == BASE_ADAPTER:
+            raise InputError(
+                "adapter",
+                f"this worker serves the adapter {only!r} merged into its weights (ADAPTER_MERGE=true), "
+                "not the base model",
+            )
+        value = only if value is None else value
     if value is None or value == BASE_ADAPTER:
         return None
     if not isinstance(value, str):

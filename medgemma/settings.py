@@ -116,6 +116,7 @@ class Settings:
     image_url_deadline_s: float  # one whole fetch, redirects included
     adapters: tuple[AdapterSpec, ...] = ()  # PEFT LoRA adapters served on top of the model
     max_lora_rank: int = DEFAULT_MAX_LORA_RANK
+    adapter_merge: bool = False  # the one adapter merged into the weights (transformers engine; no base model)
 
     @property
     def uses_standin(self) -> bool:
@@ -145,6 +146,12 @@ class Settings:
         adapters = adapter_specs(env.get("ADAPTERS", ""))
         if adapters and (static_cache or torch_compile):
             raise SettingsError(ADAPTERS_AND_COMPILE_REFUSAL)
+        adapter_merge = reader.boolean("ADAPTER_MERGE", default=False)
+        if adapter_merge and len(adapters) != 1:
+            raise SettingsError(
+                f"ADAPTER_MERGE=true merges one adapter into the weights, but ADAPTERS names {len(adapters)}; "
+                "name exactly one, or unset ADAPTER_MERGE to serve them side by side"
+            )
         hf_home = env.get("HF_HOME") or None
         return cls(
             model_id=resolve_model_id(env.get("MODEL_ID", "").strip() or None),
@@ -187,6 +194,7 @@ class Settings:
             ),
             adapters=adapters,
             max_lora_rank=reader.integer("MAX_LORA_RANK", DEFAULT_MAX_LORA_RANK, minimum=1),
+            adapter_merge=adapter_merge,
         )
 
 

@@ -134,6 +134,7 @@ class Worker:
             vision=info.vision,
             mode_prompts=mode_prompts,
             adapters=[adapter.name for adapter in info.adapters],
+            merged=self.settings.adapter_merge,
         )
 
     def provenance(self, adapter_name: str | None) -> dict[str, str | None]:

@@ -77,6 +77,13 @@ def test_bad_adapters_fail_in_one_line_naming_the_variable(value, problem):
     assert "ADAPTERS" in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_merging_takes_exactly_one_adapter():
+    assert Settings.from_env({"ADAPTERS": "a=org/x", "ADAPTER_MERGE": "true"}).adapter_merge is True
+    for adapters in ("", "a=org/x,b=org/y"):
+        with pytest.raises(SettingsError, match="ADAPTER_MERGE=true merges one adapter"):
+            Settings.from_env({"ADAPTERS": adapters, "ADAPTER_MERGE": "true"})
+
+
 def test_adapters_refuse_compiled_graphs():
     for flag in ("STATIC_CACHE", "TORCH_COMPILE"):
         with pytest.raises(SettingsError, match="ADAPTERS can't be combined"):
@@ -101,6 +108,19 @@ def test_the_job_field_picks_an_adapter_or_the_base_model():
         adapter(3)
     with pytest.raises(InputError, match=r"known: base\)"):  # a worker without adapters
         parse_job_input({"text": "x", "adapter": "cardio"}, settings)
+
+
+def test_on_a_merged_worker_its_adapter_answers_every_job():
+    settings = Settings.from_env({})
+
+    def adapter(**field):
+        return parse_job_input({"text": "x", **field}, settings, adapters=["cardio"], merged=True).adapter
+
+    assert adapter() == "cardio" and adapter(adapter="cardio") == "cardio"
+    with pytest.raises(InputError, match="merged into its weights .*not the base model"):
+        adapter(adapter="base")
+    with pytest.raises(InputError, match="unknown adapter 'notes'"):
+        adapter(adapter="notes")
 
 
 # ---- the adapter's config -------------------------------------------------------------------

@@ -1,7 +1,11 @@
 """LoRA adapters on the stand-in: loaded at start-up, checked against the model, chosen per job, with provenance.
 
 The adapters are built once per session with PEFT (``tests/lora_adapters.py``), with fixed
-random weights that change the answers. Answers are a few tokens: behaviour, not wording.
+random weights that change the answers, for the stand-in each engine serves (``<engine>_kit``;
+vLLM's is the text-only twin, whose layers are named ``model.layers.N``). Tests of what every
+engine must do take ``engine``, ``kit`` and ``adapter_worker``, which follow ENGINES; tests of
+the transformers engine's own batching and of PEFT's reference answers name it. Answers are a
+few tokens: behaviour, not wording.
 """
 
 from __future__ import annotations
@@ -52,14 +56,14 @@ class Kit:
         return tuple(AdapterSpec(name, str(getattr(self, name.replace("-", "_")))) for name in names)
 
 
-@pytest.fixture(scope="session")
-def kit(settings, tmp_path_factory) -> Kit:
+def build_kit(settings, root: Path, text_only: bool = False) -> Kit:
+    """Two adapters and two broken copies for the stand-in an engine serves (``text_only``: vLLM's)."""
     import torch
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    root = tmp_path_factory.mktemp("adapters")
-    source = resolve_source(settings)
-    base = AutoModelForImageTextToText.from_pretrained(source.location, dtype=torch.float32).eval()
+    source = resolve_source(settings, text_only=text_only)
+    model_class = AutoModelForCausalLM if text_only else AutoModelForImageTextToText
+    base = model_class.from_pretrained(source.location, dtype=torch.float32).eval()
     cardio = build_lora(base, root / "cardio", seed=1, rank=4)
     return Kit(
         base=base,
@@ -71,16 +75,32 @@ def kit(settings, tmp_path_factory) -> Kit:
 
 
 @pytest.fixture(scope="session")
-def transformers_adapter_worker(settings, kit):
+def transformers_kit(settings, tmp_path_factory) -> Kit:
+    return build_kit(settings, tmp_path_factory.mktemp("adapters"))
+
+
+@pytest.fixture(scope="session")
+def transformers_adapter_worker(settings, transformers_kit):
     """The stand-in with two adapters, through Worker.start (the cold start, ADAPTERS set)."""
-    loaded = Worker.start(replace(settings, engine="transformers", adapters=kit.specs("cardio", "notes")))
+    specs = transformers_kit.specs("cardio", "notes")
+    loaded = Worker.start(replace(settings, engine="transformers", adapters=specs))
     yield loaded
     loaded.engine.close()
 
 
 @pytest.fixture(params=ENGINES)
-def adapter_worker(request):
-    return request.getfixturevalue(f"{request.param}_adapter_worker")
+def engine(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def kit(engine, request) -> Kit:
+    return request.getfixturevalue(f"{engine}_kit")
+
+
+@pytest.fixture
+def adapter_worker(engine, request) -> Worker:
+    return request.getfixturevalue(f"{engine}_adapter_worker")
 
 
 def job(text: str = TEXTS[0], **fields) -> dict:
@@ -115,14 +135,13 @@ def test_two_adapters_load_with_their_ranks_and_revisions(adapter_worker, kit):
     ],
 )
 def test_an_incompatible_adapter_stops_the_worker_with_one_line_before_loading(
-    settings, kit, monkeypatch, names, problem
+    settings, engine, kit, monkeypatch, names, problem
 ):
     monkeypatch.setattr(handler, "WORKER", None)
     monkeypatch.setattr(handler, "STARTUP_FAILURE", None)
-    for engine in ENGINES:
-        broken = replace(settings, engine=engine, adapters=kit.specs(*names))
-        with pytest.raises(SettingsError, match=f"^ADAPTERS: {problem}"):
-            Worker.start(broken)
+    broken = replace(settings, engine=engine, adapters=kit.specs(*names))
+    with pytest.raises(SettingsError, match=f"^ADAPTERS: {problem}"):
+        Worker.start(broken)
     assert handler.start_or_record_failure(broken) is None
     answer = run(handler.handler(job()))
     assert set(answer) == {"error"} and answer["error"].startswith("worker cannot start: ADAPTERS: adapter ")
@@ -132,9 +151,9 @@ def test_an_incompatible_adapter_stops_the_worker_with_one_line_before_loading(
 # ---- per job ---------------------------------------------------------------------------------
 
 
-def test_each_job_picks_its_adapter_and_an_unknown_one_is_refused(adapter_worker, transformers_worker):
+def test_each_job_picks_its_adapter_and_an_unknown_one_is_refused(engine, adapter_worker, request):
     answers = {name: run(adapter_worker.run(job(adapter=name))) for name in ("cardio", "notes", "base")}
-    plain = run(transformers_worker.run(job()))  # the model without PEFT at all
+    plain = run(request.getfixturevalue(f"{engine}_worker").run(job()))  # the same engine without adapters
     assert answers["base"]["output"] == plain["output"]
     assert len({answer["output"] for answer in answers.values()}) == 3
     assert run(adapter_worker.run(job()))["output"] == plain["output"]  # no field: the base model
@@ -143,8 +162,9 @@ def test_each_job_picks_its_adapter_and_an_unknown_one_is_refused(adapter_worker
     }
 
 
-def test_an_adapters_answer_is_what_peft_itself_generates(adapter_worker, kit):
+def test_an_adapters_answer_is_what_peft_itself_generates(transformers_adapter_worker, transformers_kit):
     """PEFT's own path: PeftModel.from_pretrained on the base it was built on, one plain generate."""
+    worker, kit = transformers_adapter_worker, transformers_kit
     import torch
     from peft import PeftModel
     from transformers import GenerationConfig
@@ -152,11 +172,9 @@ def test_an_adapters_answer_is_what_peft_itself_generates(adapter_worker, kit):
     from medgemma.decoding import RowDecoder
     from medgemma.request import parse_job_input
 
-    ours = run(adapter_worker.run(job(adapter="cardio")))
-    backend = adapter_worker.engine.backend
-    prepared = backend.prepare(
-        parse_job_input(job(adapter="cardio")["input"], adapter_worker.settings, adapters=["cardio"])
-    )
+    ours = run(worker.run(job(adapter="cardio")))
+    backend = worker.engine.backend
+    prepared = backend.prepare(parse_job_input(job(adapter="cardio")["input"], worker.settings, adapters=["cardio"]))
     inputs = {name: tensor.unsqueeze(0) for name, tensor in prepared.features.items() if name != "pixel_values"}
     peft_model = PeftModel.from_pretrained(kit.base, str(kit.cardio)).eval()
     try:
@@ -241,6 +259,41 @@ def test_the_openai_route_names_adapters_as_models(adapter_worker, monkeypatch):
     )
     assert answers["cardio"].choices[0].message.content == native["output"]
     assert answers["cardio"].choices[0].message.content != answers["medgemma"].choices[0].message.content
+
+
+# ---- ADAPTER_MERGE ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def merged_worker(settings, transformers_kit):
+    """The stand-in with cardio merged into its weights (ADAPTER_MERGE=true)."""
+    merged = replace(settings, engine="transformers", adapters=transformers_kit.specs("cardio"), adapter_merge=True)
+    loaded = Worker.start(merged)
+    yield loaded
+    loaded.engine.close()
+
+
+def test_a_merged_adapter_answers_as_the_separate_one_and_every_job_gets_it(merged_worker, transformers_adapter_worker):
+    separate = run(transformers_adapter_worker.run(job(adapter="cardio")))
+    unnamed, named = (run(merged_worker.run(data)) for data in (job(), job(adapter="cardio")))
+    assert unnamed["output"] == named["output"] == separate["output"]
+    assert unnamed["adapter"] == "cardio" and unnamed["provenance"] == separate["provenance"]
+    assert run(merged_worker.run(job(adapter="base")))["error"].startswith("adapter: this worker serves the adapter")
+
+
+def test_merging_is_refused_on_vllm_and_on_quantized_weights(settings, transformers_adapter_worker, transformers_kit):
+    from types import SimpleNamespace
+
+    from medgemma.engines.transformers import HFBackend
+
+    with pytest.raises(SettingsError, match="ADAPTER_MERGE=true is for ENGINE=transformers"):
+        Worker.start(replace(settings, engine="vllm", adapters=transformers_kit.specs("cardio"), adapter_merge=True))
+    quantized = SimpleNamespace(info=SimpleNamespace(quantization="nf4 (pre-quantized)"))
+    adapter = transformers_adapter_worker.engine.info.adapters[0]
+    with pytest.raises(
+        SettingsError, match="merging adapter 'cardio' into nf4 \\(pre-quantized\\) weights would round"
+    ):
+        HFBackend._merge(quantized, [adapter])  # refused before the model is touched
 
 
 # ---- provenance ------------------------------------------------------------------------------

@@ -36,6 +36,11 @@ def load_engine(settings: Settings) -> Engine:
     from medgemma.engines.modules import model_modules
 
     name = choose_engine(settings.engine, importlib.util.find_spec("vllm") is not None, torch.cuda.is_available())
+    if settings.adapter_merge and name == "vllm":
+        raise SettingsError(
+            "ADAPTER_MERGE=true is for ENGINE=transformers: vLLM serves adapters side by side with its own LoRA "
+            "kernels; unset ADAPTER_MERGE"
+        )
     source = resolve_source(settings, text_only=name == "vllm")
     adapters = resolve_adapters(settings, source, model_modules(source)) if settings.adapters else ()
     if name == "vllm":

@@ -26,7 +26,7 @@ from medgemma.decoding import DeltaCallback, RowDecoder, think_token_ids
 from medgemma.engines.base import Completion, ModelInfo, Prepared, check_context
 from medgemma.engines.batching import BatchEngine
 from medgemma.engines.hf_loading import LoadedCheckpoint, load_checkpoint
-from medgemma.errors import GenerationFailed
+from medgemma.errors import GenerationFailed, SettingsError
 from medgemma.request import GenerationRequest, SamplingKey
 from medgemma.settings import Settings
 from medgemma.sources import ModelSource
@@ -54,12 +54,21 @@ class HFBackend:
     generate exactly its max_new_tokens, so compared paths do the same work).
     """
 
-    def __init__(self, processor: Any, model: torch.nn.Module, info: ModelInfo, static_cache: bool = False):
+    def __init__(
+        self,
+        processor: Any,
+        model: torch.nn.Module,
+        info: ModelInfo,
+        static_cache: bool = False,
+        merge_adapters: bool = False,
+    ):
         self.processor = processor
         self.model = model
         self.info = info
         self.tokenizer = processor.tokenizer
         self.static_cache = static_cache
+        self.merge_adapters = merge_adapters  # ADAPTER_MERGE: the one adapter goes into the weights
+        self._separate_adapters = False  # each row of a batch names its adapter (PEFT's adapter_names)
         self.generation_hook: Callable[[SamplingKey], dict[str, Any]] | None = None
         self.prompts = PromptBuilder(
             self.tokenizer,
@@ -107,6 +116,7 @@ class HFBackend:
             checkpoint.model,
             info,
             static_cache=settings.static_cache and runtime.device == "cuda",
+            merge_adapters=settings.adapter_merge,
         )
 
     @property
@@ -114,9 +124,14 @@ class HFBackend:
         return next(self.model.parameters()).device
 
     def load_adapters(self, adapters: Sequence[Adapter]) -> None:
-        """Put the adapters on the model with PEFT, kept separate so that each row of a batch picks its own."""
+        """Put the adapters on the model with PEFT, kept separate so that each row of a batch picks its own,
+        or (ADAPTER_MERGE) the one adapter merged into the weights."""
         from peft import PeftModel
 
+        if self.merge_adapters:
+            self._merge(adapters)
+            return
+        self._separate_adapters = True
         for adapter in adapters:
             started = time.perf_counter()
             if isinstance(self.model, PeftModel):
@@ -131,6 +146,24 @@ class HFBackend:
             )  # fmt: skip
         self.model.eval()
         self.info = replace(self.info, adapters=(*self.info.adapters, *adapters))
+
+    def _merge(self, adapters: Sequence[Adapter]) -> None:
+        from peft import PeftModel
+
+        (adapter,) = adapters  # settings allow exactly one
+        if self.info.quantization != "none":
+            raise SettingsError(
+                f"ADAPTER_MERGE=true needs unquantized weights: merging adapter {adapter.name!r} into "
+                f"{self.info.quantization} weights would round it away; set QUANTIZATION=none, or unset ADAPTER_MERGE"
+            )
+        started = time.perf_counter()
+        peft_model = PeftModel.from_pretrained(self.model, adapter.path, is_trainable=False)
+        self.model = peft_model.merge_and_unload().eval()
+        log.info(
+            "adapter %s merged into the weights in %.2f s: rank %d, %d layers, revision %s",
+            adapter.name, time.perf_counter() - started, adapter.rank, adapter.layers, adapter.revision,
+        )  # fmt: skip
+        self.info = replace(self.info, adapters=(adapter,))
 
     def prepare(self, request: GenerationRequest) -> Prepared:
         """Token ids (caller text as plain text), image pixels, and the context check."""
@@ -170,7 +203,7 @@ class HFBackend:
         # A row whose answer reached a stop string ends there, as if it had generated EOS.
         stopping = StoppingCriteriaList([_DecoderStopped(decoders)] if any(p.request.stop for p in batch) else [])
         rows = [prepared.request.adapter or PEFT_BASE for prepared in batch]
-        adapters = {"adapter_names": rows} if self.info.adapters else {}
+        adapters = {"adapter_names": rows} if self._separate_adapters else {}
         with self._lock, torch.inference_mode():
             if key.seed is not None:
                 torch.manual_seed(key.seed)
