@@ -32,8 +32,9 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,14 @@ from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 from vllm import SamplingParams, TokensPrompt
 from vllm.config.logging import LoggingConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.lora.request import LoRARequest
 from vllm.renderers.inputs.preprocess import parse_model_prompt
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
+from medgemma import provenance
+from medgemma.adapters import Adapter
 from medgemma.decoding import DeltaCallback, RowDecoder, think_token_ids
 from medgemma.engines.base import Completion, EngineResult, ModelInfo, Prepared, check_context, stream_deltas
 from medgemma.errors import (
@@ -72,6 +76,8 @@ FP8_CAPABILITY = (8, 9)
 #: What QUANTIZATION means to vLLM; int8 has no in-flight vLLM path.
 VLLM_QUANTIZATION = {"fp8": "fp8", "nf4": "bitsandbytes", "none": None}
 #: An exception line in vLLM's log, after its "(EngineCore pid=...) ERROR ... [core.py:...]" prefix.
+#: The LoRA ranks vLLM reserves room for (``LoRAConfig.max_lora_rank``).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _EXCEPTION_LINE = re.compile(r"\] (?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
 
 
@@ -125,6 +131,7 @@ def start(settings: Settings, source: ModelSource) -> VllmEngine:
         context_length=int(llm.model_config.max_model_len),
         vision=vision,
         max_concurrency=max(1, min(max_num_seqs, int(kv_concurrency))),
+        revision=provenance.revision(source),
     )
     log.info(
         "vLLM ready: kv_cache_tokens=%s kv_max_concurrency=%.2f max_num_seqs=%d max_model_len=%d",
@@ -154,7 +161,26 @@ def engine_kwargs(
         limit_mm_per_prompt={"image": settings.max_images} if vision else None,
         # Per-request stats give each job its queue time; vLLM logs only aggregate throughput.
         disable_log_stats=False,
+        **lora_kwargs(settings, device),
     )
+
+
+def lora_kwargs(settings: Settings, device: str) -> dict[str, Any]:
+    """vLLM's LoRA arguments: room for every ``ADAPTERS`` entry at once, of up to ``MAX_LORA_RANK``.
+
+    vLLM reserves its LoRA buffers at start-up, for one of a fixed set of ranks: the next one
+    up from MAX_LORA_RANK. All adapters stay on the device, so a batch may mix any of them.
+    On CPU one more slot is reserved and left empty: vLLM's torch LoRA ops index the slots with
+    -1 for a base-model row, which Python reads as the last slot, so without an empty last slot
+    a base job batched with adapter jobs would get the last adapter (measured: a test fails).
+    """
+    if not settings.adapters:
+        return {}
+    rank = next((rank for rank in VLLM_LORA_RANKS if rank >= settings.max_lora_rank), None)
+    if rank is None:
+        raise SettingsError(f"MAX_LORA_RANK={settings.max_lora_rank} is over vLLM's largest, {VLLM_LORA_RANKS[-1]}")
+    count = len(settings.adapters) + (device == "cpu")
+    return {"enable_lora": True, "max_loras": count, "max_cpu_loras": count, "max_lora_rank": rank}
 
 
 def _device(settings: Settings) -> str:
@@ -293,6 +319,7 @@ class VllmEngine:
         self._capture = capture  # vLLM's processes keep writing their errors there until close()
         self._ids = itertools.count()
         self._generating = 0  # requests between their first token and their end (touched on the engine loop only)
+        self._loras: dict[str, LoRARequest] = {}  # adapter name -> its vLLM LoRA request
         template = (processor or tokenizer).chat_template
         if processor is not None:
             boi = processor.boi_token
@@ -330,6 +357,24 @@ class VllmEngine:
 
     def stream(self, prepared: Prepared) -> AsyncIterator[str | EngineResult]:
         return stream_deltas(self.generate, prepared)
+
+    def load_adapters(self, adapters: Sequence[Adapter]) -> None:
+        """Load each checked adapter into vLLM (started with room for them: ``lora_kwargs``)."""
+        for adapter in adapters:
+            started = time.perf_counter()
+            lora = LoRARequest(adapter.name, len(self._loras) + 1, adapter.path)
+            try:
+                self.call(self.llm.add_lora(lora)).result()
+            except Exception as error:
+                raise SettingsError(
+                    f"ADAPTERS: vLLM could not load adapter {adapter.name!r} ({adapter.source}): {_first_line(error)}"
+                ) from None
+            self._loras[adapter.name] = lora
+            log.info(
+                "adapter %s loaded in %.2f s: rank %d, %d layers, revision %s",
+                adapter.name, time.perf_counter() - started, adapter.rank, adapter.layers, adapter.revision,
+            )  # fmt: skip
+        self.info = replace(self.info, adapters=(*self.info.adapters, *adapters))
 
     def call(self, coroutine: Coroutine[Any, Any, Any]) -> Future:
         """Run ``coroutine`` on the engine's loop, where ``self.llm`` lives (tests and benchmarks use AsyncLLM directly)."""
@@ -374,7 +419,8 @@ class VllmEngine:
             (engine_input,) = await self.llm.renderer.render_cmpl_async(
                 [parse_model_prompt(self.llm.model_config, prepared.features)]
             )
-            outputs = self.llm.generate(engine_input, params, f"medgemma-{next(self._ids)}")
+            lora = self._loras.get(prepared.request.adapter or "")
+            outputs = self.llm.generate(engine_input, params, f"medgemma-{next(self._ids)}", lora_request=lora)
             async with contextlib.aclosing(outputs):  # leaving early (a stop string) aborts the request
                 async for output in outputs:
                     tokens = output.outputs[0].token_ids
