@@ -242,7 +242,6 @@ def test_vllm_serves_each_adapter_as_peft_generates_it_alone_or_mixed(vllm_adapt
     from transformers import GenerationConfig
 
     from medgemma.decoding import RowDecoder
-    from medgemma.request import parse_job_input
 
     worker, engine = vllm_adapter_worker, vllm_adapter_worker.engine
     inputs = [
@@ -261,7 +260,7 @@ def test_vllm_serves_each_adapter_as_peft_generates_it_alone_or_mixed(vllm_adapt
             plain = run(vllm_worker.run({"id": "p", "input": data}))
             assert (answer["output"], answer["usage"]) == (plain["output"], plain["usage"])
             continue
-        request = parse_job_input(data, worker.settings, adapters=["cardio", "notes"])
+        request = worker.validate({"id": "peft", "input": data})
         ids = torch.tensor([engine.prompts.build(request.messages()).ids])
         peft_model = PeftModel.from_pretrained(vllm_kit.base, str(getattr(vllm_kit, data["adapter"])))
         try:
