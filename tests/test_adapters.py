@@ -93,9 +93,10 @@ def vllm_kit(settings, tmp_path_factory, vllm_worker) -> Kit:
     return build_kit(settings, tmp_path_factory.mktemp("vllm-adapters"), text_only=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_adapter_worker(vllm_worker, vllm_kit):
-    """The text-only stand-in on vLLM with two adapters, through Worker.start (a second vLLM engine)."""
+    """The text-only stand-in on vLLM with two adapters, through Worker.start (a second vLLM engine, closed
+    after this module so that the rest of the session does not hold its memory)."""
     specs = vllm_kit.specs("cardio", "notes")
     loaded = Worker.start(replace(vllm_worker.settings, adapters=specs))
     yield loaded
