@@ -35,6 +35,19 @@ what was done):
 8. bf16 static cache + transformers' automatic torch.compile (what
    ``STATIC_CACHE=true`` does on CUDA), then the worker's ``TORCH_COMPILE=true``
    recipe, each vs plain; the first call, compilation included, is shown apart.
+9. vLLM (only where ``vllm`` is installed; the header's "engines measured" line
+   says whether it was), bf16 then fp8 (``QUANTIZATION``'s vLLM default on
+   Ada/Hopper/Blackwell): cold start (``vllm.LLM(...)`` constructed to ready),
+   TTFT and decode tok/s for one job, N jobs at once in docs/s, each vs the
+   transformers engine in bf16 measured in the same run on the same token ids.
+   vLLM is started with the worker's own engine arguments
+   (``medgemma.engines.vllm.engine_kwargs``) plus ``skip_tokenizer_init`` (no
+   tokenizer offline) and fed ``TokensPrompt`` ids through ``LLM.generate``.
+   Prompts are text only on both engines here: vLLM's image path needs the HF
+   processor, which needs a tokenizer (``language_model_only`` leaves the vision
+   tower out). Compiled by default (the worker's ``ENFORCE_EAGER=false``; its
+   torch.compile and CUDA-graph capture count in the cold start), eager under
+   ``--quick`` or ``--vllm-eager``.
 
 Memory figures are the model's own: ``torch.cuda.memory_allocated`` after load
 minus before (weights), and ``max_memory_allocated`` during generation minus
@@ -46,7 +59,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import gc
+import importlib.util
 import os
 import shutil
 import sys
@@ -82,9 +97,28 @@ NF4_WEIGHTS_TARGET = Target(4, " GB", at_least=False)
 PREQUANTIZED_TARGET = Target(2, "x")  # cold start, pre-quantized vs quantize at load
 
 # Defaults sized for ~8 min on one H100, and a smoke run; explicit options win over both.
-NORMAL = {"reps": 3, "prompt_len": 512, "new_tokens": 64, "concurrency": "1,4,8", "skip": ""}
-QUICK = {"reps": 1, "prompt_len": 128, "new_tokens": 8, "concurrency": "1,4,8", "skip": "compile,lead-compile"}
-SECTIONS = ("bf16", "nf4", "batching", "naive", "coldstart", "int8", "static", "compile", "lead-compile")
+NORMAL = {"reps": 3, "prompt_len": 512, "new_tokens": 64, "concurrency": "1,4,8", "skip": "", "vllm_eager": False}
+QUICK = {
+    "reps": 1,
+    "prompt_len": 128,
+    "new_tokens": 8,
+    "concurrency": "1,4,8",
+    "skip": "compile,lead-compile",
+    "vllm_eager": True,
+}
+SECTIONS = (
+    "bf16",
+    "nf4",
+    "batching",
+    "naive",
+    "coldstart",
+    "int8",
+    "static",
+    "compile",
+    "lead-compile",
+    "vllm",
+    "vllm-fp8",
+)
 
 # MedGemma 1.5 4B (google/medgemma-1.5-4b-it), as in its config.json.
 BOS, BOI, EOI, IMAGE_TOKEN = 2, 255_999, 256_000, 262_144
@@ -122,7 +156,7 @@ TINY_TEXT: dict[str, Any] = {
     **TEXT_SHAPES,
     "hidden_size": 64,
     "num_hidden_layers": 6,
-    "head_dim": 16,
+    "head_dim": 32,  # the smallest head vLLM's CPU attention serves
     "intermediate_size": 128,
     "sliding_window": 64,
 }
@@ -409,6 +443,79 @@ def ours_load_kwargs(quantization: str, device: Device) -> dict[str, Any]:
     )
 
 
+# -- vLLM -------------------------------------------------------------------------------------------------
+
+
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def save_text_only(model: Any, path: Path) -> None:
+    """The decoder alone as ``Gemma3ForCausalLM``, laid out as ``medgemma.standin``'s text-only stand-in.
+
+    What vLLM serves where torchvision is missing (its multimodal Gemma 3 imports it; PyPI
+    has no torchvision for CPU torch): the same decoder weights and shapes.
+    """
+    from safetensors.torch import save_file
+
+    text = copy.deepcopy(model.config.get_text_config())
+    text.architectures = ["Gemma3ForCausalLM"]
+    text.dtype = "bfloat16"
+    text.save_pretrained(path)
+    model.generation_config.save_pretrained(path)
+    weights = {
+        f"model.{name}": tensor.detach().cpu().contiguous()
+        for name, tensor in model.model.language_model.state_dict().items()
+    }
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+
+
+def exact_tokens(new_tokens: int) -> Any:
+    """Greedy, exactly ``new_tokens`` tokens (EOS ignored), ids only: the transformers rows' work."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True, temperature=0.0, detokenize=False
+    )
+
+
+def vllm_generate(llm: Any, prompts: list[Any], new_tokens: int) -> tuple[list[Any], float]:
+    """``LLM.generate`` on token-id prompts; (outputs, wall seconds), every job checked for its token count."""
+    with Stopwatch() as watch:
+        outputs = llm.generate(prompts, exact_tokens(new_tokens), use_tqdm=False)
+    counts = {len(output.outputs[0].token_ids) for output in outputs}
+    if counts != {new_tokens}:
+        raise RuntimeError(f"vLLM generated {sorted(counts)} tokens per job, expected {new_tokens}")
+    return outputs, watch.seconds
+
+
+def vllm_single(llm: Any, prompt: Any, new_tokens: int, reps: int) -> SingleJob:
+    """One job at a time; TTFT is vLLM's own (request arrival to first token), decode rate its engine core's."""
+    with Stopwatch() as first:
+        vllm_generate(llm, [prompt], new_tokens)
+    ttft, rate, seconds = [], [], []
+    for _ in range(reps):
+        (output,), wall = vllm_generate(llm, [prompt], new_tokens)
+        stats = output.metrics  # filled because engine_kwargs sets disable_log_stats=False
+        if stats is None or not stats.first_token_ts:
+            raise RuntimeError("vLLM returned no request timings (RequestOutput.metrics)")
+        ttft.append(stats.first_token_latency)
+        rate.append(
+            decode_rate(new_tokens, stats.first_token_ts - stats.queued_ts, stats.last_token_ts - stats.queued_ts)
+        )
+        seconds.append(wall)
+    return SingleJob(sample(ttft, "s"), sample(rate, "tok/s"), sample(seconds, "s"), first.seconds, 0)
+
+
+@dataclass
+class EngineRows:
+    """One engine's side-by-side figures: cold start, one job, and docs/s per concurrency."""
+
+    start: Sample
+    single: SingleJob
+    docs_per_s: dict[int, Sample]
+
+
 # -- the run ----------------------------------------------------------------------------------------------
 
 
@@ -422,19 +529,30 @@ class Run:
         self.concurrency = [int(value) for value in args.concurrency.split(",")]
         self.config = build_config(args.cpu_dry_run)
         self.shape = Shape(args.prompt_len, True, args.new_tokens)  # ours by default: DUMMY_IMAGE=true
+        self.text_shape = Shape(args.prompt_len, False, args.new_tokens)  # what vLLM gets (no processor offline)
         self.bf16: Any = None
         self.bf16_single: SingleJob | None = None
         self.ours_batched_per_doc: Sample | None = None
         self.ours_sequential_per_doc: Sample | None = None
         self.quantize_at_load_s: list[float] = []
+        self.text_reference: EngineRows | None = None  # transformers bf16 on vLLM's (text-only) prompts
+        self.vllm_checkpoint: Path | None = None
+        self.vllm_rows: dict[str, EngineRows] = {}  # quantization -> vLLM's figures
+        self.vllm_missing = "vllm not installed: vLLM rows skipped" if not vllm_installed() else "not run yet"
         self.started = time.perf_counter()
 
-    def job_set(self, count: int) -> list[Any]:
+    def engines_line(self) -> str:
+        """The report's plain statement of which engines this run measured."""
+        if self.vllm_rows:
+            return f"engines measured: transformers, vllm ({', '.join(self.vllm_rows)})"
+        return f"engines measured: transformers ({self.vllm_missing})"
+
+    def job_set(self, count: int, image: bool = True) -> list[Any]:
         return [
             make_prepared(
                 Shape(
                     max(32, int(self.args.prompt_len * JOB_LENGTH_FACTORS[index % len(JOB_LENGTH_FACTORS)])),
-                    True,
+                    image,
                     self.args.new_tokens,
                 ),
                 self.config,
@@ -443,14 +561,19 @@ class Run:
             for index in range(count)
         ]
 
-    def section(self, name: str | None, title: str, body: Callable[[], None]) -> None:
-        """Run one section unless skipped or over budget; a failure becomes a row, never a crash."""
+    def section(self, name: str | None, title: str, body: Callable[[], None]) -> str:
+        """Run one section unless skipped or over budget; a failure becomes a row, never a crash.
+
+        Returns what happened: "done", "skipped by --skip", "skipped by the time budget" or "failed".
+        """
         if name in self.skip:
-            return
+            return "skipped by --skip"
         self.report.section(title)
         elapsed = time.perf_counter() - self.started
+        outcome = "done"
         if elapsed > self.args.budget_s:
             self.report.add("skipped", f"time budget: {elapsed:.0f} s used of --budget-s {self.args.budget_s:.0f}")
+            outcome = "skipped by the time budget"
         else:
             print(f"bench.gpu: {title} ...", file=sys.stderr, flush=True)
             try:
@@ -459,6 +582,21 @@ class Run:
                 traceback.print_exc()
                 self.report.failed(title, error)
                 self.device.free()
+                outcome = "failed"
+        self.report.write()
+        return outcome
+
+    def vllm_section(self, name: str, quantization: str) -> None:
+        """One vLLM engine (bf16 or fp8), last in priority order; the header says whether vLLM was measured."""
+        if not vllm_installed():
+            title = f"vLLM {quantization}"
+            outcome = self.section(name, title, lambda: self.report.add("skipped", "vllm is not installed"))
+        else:
+            title = f"vLLM, {'bf16' if quantization == 'none' else quantization}, text only, vs transformers bf16"
+            outcome = self.section(name, title, lambda: self.vllm_engine(quantization))
+            if not self.vllm_rows:
+                self.vllm_missing = f"vllm installed, vLLM rows {outcome if outcome != 'done' else 'not served here'}"
+        self.report.machine[-1] = self.engines_line()
         self.report.write()
 
     def add_single(self, label: str, result: SingleJob, decode_target: Target | None = None) -> None:
@@ -706,6 +844,147 @@ class Run:
         finally:
             model.forward = original
 
+    # 9.
+    def vllm_prepare(self) -> None:
+        """Once, before the first vLLM engine: the transformers bf16 baseline, vLLM's checkpoint, then GPU room.
+
+        The resident bf16 model is measured on the same text-only prompts vLLM gets and then
+        released (nothing after vLLM needs it), so vLLM finds the GPU as the worker would.
+        """
+        import torch
+
+        from medgemma.engines.batching import BatchEngine
+
+        single = measure_single(self.bf16, make_prepared(self.text_shape, self.config, 1), self.reps, self.device, 0)
+        jobs = self.job_set(max(self.concurrency), image=False)
+        engine = BatchEngine(self.bf16, max(self.concurrency), 0.02)
+        rates: dict[int, list[float]] = {}
+        try:
+            concurrent_docs_per_second(engine, jobs, max(self.concurrency))  # warm-up at the largest batch shape
+            for _ in range(self.reps):
+                for n in self.concurrency:
+                    rates.setdefault(n, []).append(concurrent_docs_per_second(engine, jobs[:n], n)[0])
+        finally:
+            engine.close()
+        if importlib.util.find_spec("torchvision") is not None:
+            self.vllm_checkpoint = self.scratch / "bf16"  # the multimodal checkpoint; language_model_only at start
+        else:
+            self.vllm_checkpoint = self.scratch / "text-only"
+            save_text_only(self.bf16.model, self.vllm_checkpoint)
+            self.report.notes.append(
+                "vLLM: torchvision is not installed (its multimodal Gemma 3 imports it), so vLLM served the same "
+                "decoder saved as Gemma3ForCausalLM (as on CPU in the tests)"
+            )
+        self.bf16 = None
+        if self.device.cuda:
+            torch._dynamo.reset()  # compiled graphs (TORCH_COMPILE rows) would keep their CUDA-graph pools
+        self.device.free()
+        load_kwargs = {**ours_load_kwargs("none", self.device), "device_map": self.device.map}
+        model, load_s = timed_load(self.scratch / "bf16", self.device, **load_kwargs)
+        del model
+        self.device.free()
+        self.text_reference = EngineRows(
+            sample([load_s], "s"), single, {n: sample(values, "docs/s") for n, values in rates.items()}
+        )
+        add = self.report.add
+        add("transformers bf16 (ours): load bf16 checkpoint from local disk (from_pretrained, in this process)",
+            f"{load_s:.1f} s")  # fmt: skip
+        self.add_single("transformers bf16 (ours), batch 1, text only", single)
+        for n, docs in self.text_reference.docs_per_s.items():
+            add(f"transformers bf16 (ours), text only: N={n} at once through BatchEngine", docs.show(3))
+
+    def vllm_engine(self, quantization: str) -> None:
+        """Start vLLM with the worker's engine arguments on the bf16 checkpoint, measure it, shut it down."""
+        from vllm import LLM, TokensPrompt
+
+        from medgemma.engines import vllm as ours
+        from medgemma.settings import Settings
+        from medgemma.sources import ModelSource
+
+        device = self.device.name
+        if quantization == "fp8" and ours._quantization(Settings.from_env({}), device) != "fp8":
+            reason = "vLLM on CPU serves no fp8" if device == "cpu" else "this GPU has no fp8 tensor cores"
+            self.report.add("skipped", f"{reason} (QUANTIZATION's vLLM default here is none, i.e. bf16)")
+            return
+        if self.text_reference is None:
+            self.vllm_prepare()
+        assert self.vllm_checkpoint is not None and self.text_reference is not None
+        eager = self.args.vllm_eager
+        settings = Settings.from_env(
+            {"ENGINE": "vllm", "QUANTIZATION": quantization, "ENFORCE_EAGER": str(eager).lower(),
+             "VLLM_CPU_KVCACHE_SPACE": "1"}
+        )  # fmt: skip
+        source = ModelSource(str(self.vllm_checkpoint), f"random-weights:{self.vllm_checkpoint.name}", True)
+        kwargs = ours.engine_kwargs(settings, source, device, "bfloat16", quantization, vision=False)
+        kwargs["skip_tokenizer_init"] = True  # no tokenizer offline; prompts arrive as token ids
+        if self.vllm_checkpoint.name == "bf16":
+            kwargs["language_model_only"] = True  # text-only prompts: no vision tower, no HF processor
+        label = f"vLLM {'bf16' if quantization == 'none' else quantization}"
+        if self.device.cuda:
+            import torch
+
+            self.report.add(f"{label}: GPU memory free before start", fmt_bytes(torch.cuda.mem_get_info()[0]))
+        with Stopwatch() as watch:
+            llm = LLM(**kwargs)
+        try:
+            mode = "eager (enforce_eager)" if eager else "torch.compile + CUDA graphs included"
+            self.report.add(f"{label}: cold start, LLM(...) to ready ({mode})", f"{watch.seconds:.1f} s")
+            cache = llm.llm_engine.vllm_config.cache_config
+            self.report.add(
+                f"{label}: KV cache (vLLM's report)",
+                f"{cache.kv_cache_size_tokens} tokens; {cache.kv_cache_max_concurrency or 0:.1f} requests of "
+                f"max_model_len {llm.llm_engine.model_config.max_model_len}",
+            )
+            prompt = TokensPrompt(prompt_token_ids=make_prepared(self.text_shape, self.config, 1).prompt.ids)
+            single = vllm_single(llm, prompt, self.args.new_tokens, self.reps)
+            self.report.add(f"{label}: first call (untimed warm-up)", f"{single.first_call_s:.2f} s")
+            self.add_vllm_single(label, single)
+            prompts = [
+                TokensPrompt(prompt_token_ids=job.prompt.ids) for job in self.job_set(max(self.concurrency), False)
+            ]
+            vllm_generate(llm, prompts, self.args.new_tokens)  # warm-up at the largest load
+            rates: dict[int, list[float]] = {}
+            for _ in range(self.reps):
+                for n in self.concurrency:
+                    rates.setdefault(n, []).append(n / vllm_generate(llm, prompts[:n], self.args.new_tokens)[1])
+        finally:
+            llm.llm_engine.engine_core.shutdown()  # its processes end and give the GPU back
+            del llm
+            self.device.free()
+        rows = EngineRows(
+            sample([watch.seconds], "s"), single, {n: sample(values, "docs/s") for n, values in rates.items()}
+        )
+        for n, docs in rows.docs_per_s.items():
+            self.report.add(f"{label}: N={n} at once (LLM.generate)", docs.show(3))
+        self.vllm_rows[quantization if quantization != "none" else "bf16"] = rows
+        self.compare(label, rows, "transformers bf16", self.text_reference)
+        if label != "vLLM bf16" and "bf16" in self.vllm_rows:
+            self.compare(label, rows, "vLLM bf16", self.vllm_rows["bf16"])
+
+    def add_vllm_single(self, label: str, result: SingleJob) -> None:
+        add = self.report.add
+        add(f"{label}, batch 1, text only: time to first token", result.ttft.show(3))
+        add(
+            f"{label}, batch 1, text only: decode tokens/s", result.rate.show(1), BF16_DECODE_TARGET, result.rate.median
+        )
+        add(f"{label}, batch 1, text only: seconds per job ({self.args.new_tokens} tokens)", result.seconds.show(3))
+
+    def compare(self, label: str, rows: EngineRows, base_label: str, base: EngineRows) -> None:
+        """Ratios of ``rows`` over ``base``, measured in this run on the same token ids (> 1: ``label`` is faster)."""
+        add = self.report.add
+        add(f"{label} vs {base_label}: one job, {base_label} s/job / {label} s/job",
+            f"{speedup(base.single.seconds, rows.single.seconds):.2f}x")  # fmt: skip
+        add(f"{label} vs {base_label}: decode tok/s, {label} / {base_label}",
+            f"{rows.single.rate.median / base.single.rate.median:.2f}x")  # fmt: skip
+        add(f"{label} vs {base_label}: time to first token, {base_label} / {label}",
+            f"{speedup(base.single.ttft, rows.single.ttft):.2f}x")  # fmt: skip
+        for n, docs in rows.docs_per_s.items():
+            if n in base.docs_per_s:
+                add(f"{label} vs {base_label}: N={n} at once, docs/s {label} / {base_label}",
+                    f"{docs.median / base.docs_per_s[n].median:.2f}x")  # fmt: skip
+        add(f"{label} vs {base_label}: cold start, {label} s / {base_label} s",
+            f"{rows.start.median / base.start.median:.2f}x")  # fmt: skip
+
     def _bf16_variant(self, label: str, **overrides: Any) -> None:
         if self.bf16_single is None:
             raise RuntimeError("needs the bf16 section")
@@ -755,6 +1034,7 @@ def run(args: argparse.Namespace) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="medgemma-gpu-bench-", dir=args.scratch))
     device = Device(device_name)
     bench = Run(args, report, device, scratch)
+    report.machine.append(bench.engines_line())  # kept up to date as the vLLM sections run
     report.notes += [
         f"prompts: {args.prompt_len} random text token ids; with a dummy image, plus <start_of_image> + "
         f"{bench.config.mm_tokens_per_image} image tokens + <end_of_image> and "
@@ -791,6 +1071,8 @@ def run(args: argparse.Namespace) -> None:
         bench.section(
             "lead-compile", "bf16 TORCH_COMPILE=true as HFBackend.load applies it", bench.lead_compile_section
         )
+        bench.vllm_section("vllm", "none")
+        bench.vllm_section("vllm-fp8", "fp8")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         report.write()
@@ -827,6 +1109,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scratch", default=None, help="directory for the temporary checkpoints (~12 GB; default: $TMPDIR)"
     )
     parser.add_argument("--quick", action="store_true", help="smoke run (~2 min): the quick values above")
+    parser.add_argument(
+        "--vllm-eager",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start vLLM with enforce_eager (no torch.compile or CUDA-graph capture, which take minutes); "
+        "default: compiled, as the worker's ENFORCE_EAGER=false (quick: eager)",
+    )
     parser.add_argument(
         "--cpu-dry-run",
         action="store_true",
