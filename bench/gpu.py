@@ -588,11 +588,10 @@ class Run:
 
     def vllm_section(self, name: str, quantization: str) -> None:
         """One vLLM engine (bf16 or fp8), last in priority order; the header says whether vLLM was measured."""
+        title = f"vLLM, {'bf16' if quantization == 'none' else quantization}, text only, vs transformers bf16"
         if not vllm_installed():
-            title = f"vLLM {quantization}"
-            outcome = self.section(name, title, lambda: self.report.add("skipped", "vllm is not installed"))
+            self.section(name, title, lambda: self.report.add("skipped", "vllm is not installed"))
         else:
-            title = f"vLLM, {'bf16' if quantization == 'none' else quantization}, text only, vs transformers bf16"
             outcome = self.section(name, title, lambda: self.vllm_engine(quantization))
             if not self.vllm_rows:
                 self.vllm_missing = f"vllm installed, vLLM rows {outcome if outcome != 'done' else 'not served here'}"
@@ -927,7 +926,7 @@ class Run:
         with Stopwatch() as watch:
             llm = LLM(**kwargs)
         try:
-            mode = "eager (enforce_eager)" if eager else "torch.compile + CUDA graphs included"
+            mode = "eager: enforce_eager" if eager else "compiled: torch.compile and CUDA-graph capture included"
             self.report.add(f"{label}: cold start, LLM(...) to ready ({mode})", f"{watch.seconds:.1f} s")
             cache = llm.llm_engine.vllm_config.cache_config
             self.report.add(
@@ -1048,6 +1047,13 @@ def run(args: argparse.Namespace) -> None:
         f"lengths {args.prompt_len} x {', '.join(f'{factor:g}' for factor in JOB_LENGTH_FACTORS)}",
         "memory: the model's own (allocated after load minus before; peak during generation minus before load)",
         "quantize-at-load reads a bf16 checkpoint from local disk (page cache); from the hub it would also download 8.6 GB",
+        "vLLM rows: vllm.LLM(**medgemma.engines.vllm.engine_kwargs(...), skip_tokenizer_init=True) on the bf16 "
+        "checkpoint, fed the transformers rows' token ids as TokensPrompt, SamplingParams(min_tokens=max_tokens="
+        "--new-tokens, ignore_eos=True, temperature=0); TTFT is vLLM's first_token_latency (request arrival to first "
+        "token), decode tok/s from its engine-core token timestamps, s/job and docs/s from LLM.generate's wall time; "
+        "cold start is LLM(...) constructed (its processes, weights, compilation unless eager, KV cache) vs "
+        "transformers' in-process from_pretrained; no vLLM memory rows: vLLM takes GPU_MEMORY_UTILIZATION of the GPU "
+        "in its own process",
     ]
     try:
         import bitsandbytes  # noqa: F401
