@@ -3,6 +3,8 @@
     python -m bench.gpu --out "$OUT"            # full run, ~8 min on one H100
     python -m bench.gpu --out "$OUT" --quick    # smoke run, ~2 min
     python -m bench.gpu --help                  # works without CUDA
+    python -m bench.gpu --out "$OUT" --skip nf4,naive,coldstart,static,int8,compile,lead-compile
+                                                # the vLLM rows and their transformers baseline alone
 
 Why random weights: the GPU machine has no network and no hub access, and
 speed and memory depend only on shapes, dtypes and kernels, not on weight
