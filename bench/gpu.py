@@ -856,6 +856,8 @@ class Run:
 
         from medgemma.engines.batching import BatchEngine
 
+        if self.bf16 is None:
+            raise RuntimeError("the resident bf16 model is gone: an earlier vLLM section failed part-way")
         single = measure_single(self.bf16, make_prepared(self.text_shape, self.config, 1), self.reps, self.device, 0)
         jobs = self.job_set(max(self.concurrency), image=False)
         engine = BatchEngine(self.bf16, max(self.concurrency), 0.02)
@@ -938,7 +940,7 @@ class Run:
             )
             prompt = TokensPrompt(prompt_token_ids=make_prepared(self.text_shape, self.config, 1).prompt.ids)
             single = vllm_single(llm, prompt, self.args.new_tokens, self.reps)
-            self.report.add(f"{label}: first call (untimed warm-up)", f"{single.first_call_s:.2f} s")
+            self.report.add(f"{label}: first call (warm-up, not in the medians)", f"{single.first_call_s:.2f} s")
             self.add_vllm_single(label, single)
             prompts = [
                 TokensPrompt(prompt_token_ids=job.prompt.ids) for job in self.job_set(max(self.concurrency), False)
@@ -971,7 +973,10 @@ class Run:
         add(f"{label}, batch 1, text only: seconds per job ({self.args.new_tokens} tokens)", result.seconds.show(3))
 
     def compare(self, label: str, rows: EngineRows, base_label: str, base: EngineRows) -> None:
-        """Ratios of ``rows`` over ``base``, measured in this run on the same token ids (> 1: ``label`` is faster)."""
+        """Ratios of ``rows`` over ``base``, measured in this run on the same token ids.
+
+        Above 1 means ``label`` is faster, except the cold start's (``label`` s / ``base`` s: above 1 is slower).
+        """
         add = self.report.add
         add(f"{label} vs {base_label}: one job, {base_label} s/job / {label} s/job",
             f"{speedup(base.single.seconds, rows.single.seconds):.2f}x")  # fmt: skip
