@@ -4,11 +4,16 @@
     python handler.py --test_input '{"input": {"text": "...", "mode": "summarize"}}'
     python handler.py --rp_serve_api --rp_api_host 127.0.0.1   # local HTTP API
 
-The model is loaded once per process by ``warmup()`` (the cold start); each job then
-goes validate -> generate -> shape the output. RunPod decides once per handler
-function whether it streams, so ``STREAMING=true`` starts the worker with the
-generator ``stream_handler`` (every job's output becomes a list of chunks) and the
-default keeps the plain ``handler`` whose output is one object.
+The model is loaded once per process by ``warmup()`` (the cold start); each job then goes
+validate -> generate -> shape the output. RunPod decides once per handler function whether
+it streams, so ``STREAMING=true`` starts the worker with the generator ``stream_handler``
+(every job's output becomes a list of chunks) and the default keeps the plain ``handler``
+whose output is one object.
+
+A worker that can't start (a bad setting, a gated or missing model, no GPU) does not exit:
+RunPod would restart it in a loop while jobs wait with no reason given. It stays up, logs
+the reason once, and answers every job with ``{"error": "worker cannot start: ..."}``. A
+local test run (``--test_input``) exits non-zero with that line instead.
 """
 
 from __future__ import annotations
@@ -16,18 +21,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-# OpenMP's default spin-waiting keeps torch's CPU threads busy between parallel
-# regions; with anything else running on a small machine, CPU jobs were 4-11x slower.
-# PASSIVE costs 1-14% on a quiet, dedicated CPU machine (README, Performance), where
-# OMP_WAIT_POLICY=ACTIVE wins it back. It only takes effect if set before torch is
-# first imported, which warmup() does; an explicit value wins.
+# OpenMP's default spin-waiting keeps torch's CPU threads busy between parallel regions;
+# with anything else running on a small machine, CPU jobs were 4-11x slower. PASSIVE costs
+# 1-14% on a quiet, dedicated CPU machine (README, Performance), where OMP_WAIT_POLICY=ACTIVE
+# wins it back. It only takes effect if set before torch is first imported, which warmup()
+# does; an explicit value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from medgemma.errors import MedGemmaError  # noqa: E402
+from medgemma.errors import HostError, MedGemmaError  # noqa: E402
 from medgemma.settings import Settings, load_settings  # noqa: E402
 from medgemma.worker import Worker  # noqa: E402
 
@@ -38,42 +42,86 @@ log = logging.getLogger("medgemma.handler")
 SDK_LOG_LEVEL = "INFO"
 
 WORKER: Worker | None = None
+#: Why this worker could not start; every job is answered with it.
+STARTUP_FAILURE: Exception | None = None
+#: The config handed to runpod.serverless.start: a streamed job asks for a fresh worker through it.
+RUNPOD_CONFIG: dict[str, Any] = {}
 
 
 def warmup(settings: Settings | None = None) -> Worker:
     """Load the model into module-global state, once per process."""
     global WORKER
     if WORKER is None:
-        started = time.perf_counter()
         WORKER = Worker.start(settings or load_settings())
-        log.info("cold start: model loaded in %.1f s", time.perf_counter() - started)
     return WORKER
+
+
+def start_or_record_failure(settings: Settings | None = None) -> Worker | None:
+    """``warmup()``, keeping a start-up failure (logged once) to answer jobs with."""
+    global STARTUP_FAILURE
+    try:
+        return warmup(settings)
+    except MedGemmaError as error:  # configuration, model access or host: the reason says the fix
+        log.error("worker cannot start: %s", error)
+        STARTUP_FAILURE = error
+    except Exception as error:  # no job data exists yet, so the whole traceback may be logged
+        log.exception("worker cannot start: unexpected %s", type(error).__name__)
+        STARTUP_FAILURE = error
+    return None
+
+
+def startup_failure_output(error: Exception) -> dict[str, Any]:
+    reason = (
+        str(error) if isinstance(error, MedGemmaError) else f"unexpected {type(error).__name__} (see the worker log)"
+    )
+    output: dict[str, Any] = {"error": f"worker cannot start: {reason}"}
+    if isinstance(error, HostError):
+        output["refresh_worker"] = True  # another machine may serve
+    return output
 
 
 async def handler(job: dict[str, Any]) -> dict[str, Any]:
     """One job in, one output object (or ``{"error": ...}``) out."""
+    if STARTUP_FAILURE is not None:
+        return startup_failure_output(STARTUP_FAILURE)
     return await warmup().run(job)
 
 
 async def stream_handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """Generator variant for STREAMING=true: text chunks, then usage and finish reason."""
-    async for chunk in warmup().run_stream(job):
+    if STARTUP_FAILURE is not None:
+        chunks: AsyncIterator[dict[str, Any]] = _one(startup_failure_output(STARTUP_FAILURE))
+    else:
+        chunks = warmup().run_stream(job)
+    async for chunk in chunks:
+        # The SDK reads refresh_worker only from a plain handler's output; a streaming
+        # worker asks through its config, which the SDK checks after the job.
+        if chunk.pop("refresh_worker", False):
+            RUNPOD_CONFIG["refresh_worker"] = True
         yield chunk
+
+
+async def _one(item: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    yield item
 
 
 def concurrency_modifier(current: int) -> int:
     """How many jobs RunPod may hand this worker at once (they are batched together)."""
-    return warmup().settings.max_concurrency
+    return 1 if STARTUP_FAILURE is not None else warmup().max_concurrency
+
+
+def serving(argv: list[str], env: Mapping[str, str]) -> bool:
+    """On RunPod, or serving the local API; False for the SDK's local test run."""
+    return ("--rp_serve_api" in argv or bool(env.get("RUNPOD_WEBHOOK_GET_JOB"))) and "--test_input" not in argv
 
 
 def uses_generator(settings: Settings, argv: list[str], env: Mapping[str, str]) -> bool:
     """Whether to start with ``stream_handler``.
 
-    The SDK's local test run (``--test_input`` or test_input.json, i.e. not on RunPod
-    and not serving the API) only knows plain handlers, so it always gets ``handler``.
+    The SDK's local test run (``--test_input`` or test_input.json, i.e. not on RunPod and
+    not serving the API) only knows plain handlers, so it always gets ``handler``.
     """
-    serving = "--rp_serve_api" in argv or bool(env.get("RUNPOD_WEBHOOK_GET_JOB"))
-    return settings.streaming and serving and "--test_input" not in argv
+    return settings.streaming and serving(argv, env)
 
 
 def main() -> None:
@@ -82,22 +130,19 @@ def main() -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        worker = warmup()
-    except MedGemmaError as error:  # bad settings or no device: one clear line, exit non-zero
-        log.error("worker cannot start: %s", error)
-        sys.exit(2)
+    worker = start_or_record_failure()
+    if worker is None and not serving(sys.argv, os.environ):
+        sys.exit(2)  # a local test run: the reason is the last line logged
     os.environ.setdefault("RUNPOD_LOG_LEVEL", SDK_LOG_LEVEL)
-    import runpod  # after warmup: a bad setting fails before the SDK starts anything
+    import runpod  # after warmup: a bad setting is reported before the SDK starts anything
 
-    generator = uses_generator(worker.settings, sys.argv, os.environ)
-    runpod.serverless.start(
-        {
-            "handler": stream_handler if generator else handler,
-            "return_aggregate_stream": True,
-            "concurrency_modifier": concurrency_modifier,
-        }
+    generator = worker is not None and uses_generator(worker.settings, sys.argv, os.environ)
+    RUNPOD_CONFIG.update(
+        handler=stream_handler if generator else handler,
+        return_aggregate_stream=True,
+        concurrency_modifier=concurrency_modifier,
     )
+    runpod.serverless.start(RUNPOD_CONFIG)
 
 
 if __name__ == "__main__":

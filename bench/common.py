@@ -317,17 +317,16 @@ def fmt_bytes(size: float) -> str:
 # -- generation helpers both benchmarks use -----------------------------------------
 
 
-def pin_generation(loaded: Any, **overrides: Any) -> None:
-    """Make every ``generate`` of a ``medgemma.model.LoadedModel`` produce exactly max_new_tokens.
+def pin_generation(backend: Any, **overrides: Any) -> None:
+    """Make every ``generate`` of a ``medgemma.engines.transformers.HFBackend`` produce exactly max_new_tokens.
 
     A model that stops at EOS after 5 tokens on one path and 64 on another makes
-    a meaningless comparison; ``exact_new_tokens`` suppresses EOS until the limit,
-    so every path does the same work. ``overrides`` set further GenerationConfig
-    fields (e.g. ``cache_implementation``, ``disable_compile``) and replace any
-    set by an earlier call.
+    a meaningless comparison; ``min_new_tokens`` suppresses EOS until the limit, so
+    every path does the same work. ``overrides`` set further GenerationConfig fields
+    (e.g. ``cache_implementation``, ``disable_compile``) and replace any set by an
+    earlier call. Uses the backend's public ``generation_hook``.
     """
-    loaded.exact_new_tokens = True
-    loaded.generation_overrides = dict(overrides)
+    backend.generation_hook = lambda key: {"min_new_tokens": key.max_new_tokens, **overrides}
 
 
 class FirstTokenClock:

@@ -470,8 +470,8 @@ async def _run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     with RssSampler() as rss:
         settings = Settings.from_env(os.environ)
         worker = handler.warmup(settings)
-        pin_generation(worker.model)
-        info = worker.model.info
+        pin_generation(worker.engine.backend)
+        info = worker.engine.info
         omp = os.environ.get("OMP_WAIT_POLICY")
         out["dtype"], out["omp_wait_policy"] = info.dtype, omp or ""
         out["configuration"] = f"run_mode {info.run_mode}, sdpa" + (f", OMP_WAIT_POLICY={omp}" if omp else "")
@@ -500,9 +500,7 @@ async def _run_ours(spec: dict[str, Any]) -> dict[str, Any]:
             per measurement would run on a thread with different OpenMP state.
             """
             worker.engine.max_batch_size = batch_size
-            runner = Worker(
-                replace(settings, max_batch_size=batch_size, max_concurrency=n), worker.model, worker.engine
-            )
+            runner = Worker(replace(settings, max_batch_size=batch_size, max_concurrency=n), worker.engine)
             try:
                 started = time.perf_counter()
                 results = await asyncio.gather(*(runner.run(job(index)) for index in range(n)))
@@ -515,7 +513,7 @@ async def _run_ours(spec: dict[str, Any]) -> dict[str, Any]:
             return n / wall, max(result["batch_size"] for result in results)
 
         sections, columns = spec["sections"], ("seconds", "ttft", "rate", "prepare")
-        text_worker = Worker(replace(settings, dummy_image=False), worker.model, worker.engine)
+        text_worker = Worker(replace(settings, dummy_image=False), worker.engine)
         await timed(worker, 0)  # warm-ups, not timed
         out["single"] = {key: [] for key in columns}
         if "text" in sections:

@@ -19,9 +19,9 @@ What is measured, in priority order (sections past ``--budget-s`` are skipped
 and say so; the table is rewritten after every section so a timeout keeps
 what was done):
 
-1. bf16, our path (``LoadedModel.generate_batch``): TTFT, decode tok/s, memory.
+1. bf16, our path (``HFBackend.generate_batch``): TTFT, decode tok/s, memory.
 2. nf4 (our GPU default: bf16 compute, sdpa), quantized at load from a bf16
-   checkpoint on local disk exactly as ``medgemma.model.load_model`` does (same
+   checkpoint on local disk exactly as ``medgemma.engines.hf_loading.load_checkpoint`` does (same
    ``quantization_config``); TTFT, decode tok/s, text-only vs dummy image,
    static KV cache (bitsandbytes models are never auto-compiled).
 3. nf4 batching: N concurrent jobs through the real ``BatchEngine`` with
@@ -52,6 +52,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,7 +116,8 @@ VISION_SHAPES: dict[str, Any] = dict(
 MM_TOKENS = 256
 SLIDING_PATTERN = 6  # 5 local layers then 1 global
 ROPE = {"global": 1_000_000.0, "local": 10_000.0, "linear_factor": 8.0}
-# Plumbing check without a GPU (--cpu-dry-run): the same code on toy shapes.
+# Plumbing check without a GPU (--cpu-dry-run): the same code on toy shapes. Every width is
+# a multiple of 64: bitsandbytes' CPU 4-bit kernels quantize in blocks of 64 input features.
 TINY_TEXT: dict[str, Any] = {
     **TEXT_SHAPES,
     "hidden_size": 64,
@@ -127,7 +129,7 @@ TINY_TEXT: dict[str, Any] = {
 TINY_VISION: dict[str, Any] = {
     **VISION_SHAPES,
     "image_size": 56,
-    "hidden_size": 32,
+    "hidden_size": 64,
     "num_hidden_layers": 2,
     "intermediate_size": 64,
     "num_attention_heads": 2,
@@ -199,7 +201,7 @@ def build_model(config: Any, device: str) -> Any:
 
 
 class _IdsOnlyTokenizer:
-    """What LoadedModel needs from a tokenizer when prompts arrive as token ids."""
+    """What HFBackend needs from a tokenizer when prompts arrive as token ids."""
 
     eos_token_id, pad_token_id, unk_token_id = EOS_IDS[0], PAD, 3
 
@@ -211,15 +213,21 @@ class _IdsOnlyTokenizer:
 
 
 class _IdsOnlyProcessor:
+    """What HFBackend needs from a processor when prompts arrive as token ids (its prompt builder is unused)."""
+
     tokenizer = _IdsOnlyTokenizer()
+    chat_template = ""
+    boi_token = full_image_sequence = "<start_of_image>"
 
 
 def as_loaded(model: Any, label: str, load_seconds: float, **overrides: Any) -> Any:
-    """Wrap a model in the worker's own LoadedModel, so "ours" runs the worker's collate/generate code."""
-    from medgemma.model import LoadedModel, ModelInfo
+    """Wrap a model in the worker's own HFBackend, so "ours" runs the worker's collate/generate code."""
+    from medgemma.engines.base import ModelInfo
+    from medgemma.engines.transformers import HFBackend
 
     device = str(next(model.parameters()).device.type)
     info = ModelInfo(
+        engine="transformers",
         source=f"random-weights:{label}",
         run_mode=f"{device}/{label}",
         device=device,
@@ -227,8 +235,10 @@ def as_loaded(model: Any, label: str, load_seconds: float, **overrides: Any) -> 
         quantization=label,
         load_seconds=round(load_seconds, 2),
         context_length=int(model.config.get_text_config().max_position_embeddings),
+        vision=True,
+        max_concurrency=1,
     )
-    loaded = LoadedModel(processor=_IdsOnlyProcessor(), model=model, info=info)
+    loaded = HFBackend(_IdsOnlyProcessor(), model, info)
     pin_generation(loaded, **overrides)
     return loaded
 
@@ -246,11 +256,12 @@ class Shape:
 
 
 def make_prepared(shape: Shape, config: Any, seed: int) -> Any:
-    """A ``medgemma.model.Prepared`` built from token ids, laid out like the chat template's output."""
+    """A ``medgemma.engines.base.Prepared`` built from token ids, laid out like the chat template's output."""
     import torch
 
-    from medgemma.model import Prepared
+    from medgemma.engines.base import Prepared
     from medgemma.request import GenerationRequest
+    from medgemma.tokens import Prompt
 
     generator = torch.Generator().manual_seed(seed)
     text = torch.randint(1000, 250_000, (shape.text_tokens,), generator=generator)
@@ -273,18 +284,21 @@ def make_prepared(shape: Shape, config: Any, seed: int) -> Any:
         used_dummy_image=shape.image,
         max_new_tokens=shape.new_tokens,
     )
-    return Prepared(request=request, input_ids=text, token_type_ids=types, pixel_values=pixels, prepare_seconds=0.0)
+    features = {"input_ids": text, "token_type_ids": types}
+    if pixels is not None:
+        features["pixel_values"] = pixels
+    return Prepared(request=request, prompt=Prompt(ids=text.tolist()), prepare_seconds=0.0, features=features)
 
 
 def naive_inputs(prepared: Any, device: Any, dtype: Any) -> dict[str, Any]:
     """What ``processor(...).to(device, dtype)`` hands to ``generate`` in the original projects."""
     inputs = {
-        "input_ids": prepared.input_ids[None].to(device),
-        "attention_mask": prepared.input_ids.new_ones((1, prepared.prompt_tokens)).to(device),
-        "token_type_ids": prepared.token_type_ids[None].to(device),
+        "input_ids": prepared.features["input_ids"][None].to(device),
+        "attention_mask": prepared.features["input_ids"].new_ones((1, prepared.prompt_tokens)).to(device),
+        "token_type_ids": prepared.features["token_type_ids"][None].to(device),
     }
-    if prepared.pixel_values is not None:
-        inputs["pixel_values"] = prepared.pixel_values.to(device, dtype=dtype)
+    if "pixel_values" in prepared.features:
+        inputs["pixel_values"] = prepared.features["pixel_values"].to(device, dtype=dtype)
     return inputs
 
 
@@ -333,7 +347,7 @@ class SingleJob:
 
 
 def measure_single(loaded: Any, prepared: Any, reps: int, device: Device, baseline: int) -> SingleJob:
-    """One job at a time through LoadedModel.generate_batch; the first call (warm-up/compile) is timed apart."""
+    """One job at a time through HFBackend.generate_batch; the first call (warm-up/compile) is timed apart."""
     with Stopwatch() as first:
         loaded.generate_batch([prepared])
     device.reset_peak()
@@ -381,10 +395,10 @@ def timed_load(path: Path, device: Device, **kwargs: Any) -> tuple[Any, float]:
 
 
 def ours_load_kwargs(quantization: str, device: Device) -> dict[str, Any]:
-    """The keyword arguments ``medgemma.model.load_model`` passes for a bf16 checkpoint on CUDA."""
+    """The keyword arguments ``load_checkpoint`` passes for a bf16 checkpoint on CUDA."""
     import torch
 
-    from medgemma.model import model_load_kwargs
+    from medgemma.engines.hf_loading import model_load_kwargs
 
     prequantized = quantization == "prequantized"
     return model_load_kwargs(
@@ -441,7 +455,8 @@ class Run:
             print(f"bench.gpu: {title} ...", file=sys.stderr, flush=True)
             try:
                 body()
-            except Exception as error:  # noqa: BLE001 - the rest of the table still matters
+            except Exception as error:  # the rest of the table still matters
+                traceback.print_exc()
                 self.report.failed(title, error)
                 self.device.free()
         self.report.write()
@@ -523,7 +538,7 @@ class Run:
         self.device.free()
 
     def batching(self, ours: Any) -> None:
-        from medgemma.engine import BatchEngine
+        from medgemma.engines.batching import BatchEngine
 
         jobs = self.job_set(max(self.concurrency))
         rates: dict[tuple[int, str], list[float]] = {}
@@ -745,8 +760,8 @@ def run(args: argparse.Namespace) -> None:
         f"{bench.config.mm_tokens_per_image} image tokens + <end_of_image> and "
         f"{bench.config.vision_config.image_size}x{bench.config.vision_config.image_size} pixel values; every job "
         f"generates exactly {args.new_tokens} tokens (greedy, EOS suppressed until then)",
-        "ours: medgemma.model.LoadedModel.generate_batch (the worker's collate + generate) and medgemma.engine.BatchEngine; "
-        "loaded with medgemma.model.quantization_config and the kwargs load_model uses (dtype bfloat16, sdpa, device_map)",
+        "ours: medgemma.engines.transformers.HFBackend.generate_batch (the worker's collate + generate) and "
+        "medgemma.engines.batching.BatchEngine; loaded with the kwargs load_checkpoint uses (bfloat16, sdpa, device_map)",
         "end-to-end per document here = job submitted -> completion; tokenization and image preprocessing are "
         "excluded on both paths (no tokenizer offline)",
         f"medians of {args.reps} repetitions after one untimed warm-up call; job set for batching/naive: prompt "
@@ -774,7 +789,7 @@ def run(args: argparse.Namespace) -> None:
         bench.section("int8", "int8 (bitsandbytes LLM.int8)", bench.int8_section)
         bench.section("compile", "bf16 static KV cache + torch.compile", bench.compile_section)
         bench.section(
-            "lead-compile", "bf16 TORCH_COMPILE=true as medgemma.model applies it", bench.lead_compile_section
+            "lead-compile", "bf16 TORCH_COMPILE=true as HFBackend.load applies it", bench.lead_compile_section
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -2,14 +2,14 @@
 
 Loading the bf16 checkpoint with a BitsAndBytesConfig reads all 8.6 GB and quantizes it
 on every cold start; a checkpoint saved already quantized is ~3 GB that loads as is.
-``medgemma.model.load_model`` finds the saved ``quantization_config`` and loads it as
+``medgemma.engines.hf_loading.load_checkpoint`` finds the saved ``quantization_config`` and loads it as
 "nf4 (pre-quantized)", so the worker needs nothing but ``MODEL_ID=<output dir>``.
 
-    python builder/prequantize.py --output /models/medgemma-1.5-4b-it-nf4   # MODEL_ID (the stand-in when unset)
-    python builder/prequantize.py --model ./models/medgemma --output ./models/medgemma-nf4
+    python -m builder.prequantize --output /models/medgemma-1.5-4b-it-nf4   # MODEL_ID (the stand-in when unset)
+    python -m builder.prequantize --model ./models/medgemma --output ./models/medgemma-nf4
 
 The quantization is the worker's own (``medgemma.model``: nf4, double quant, bfloat16
-compute). The output is then reloaded through ``load_model`` and asked for a few tokens,
+compute). The output is then reloaded through ``load_checkpoint`` and asked for a few tokens,
 so a broken checkpoint fails here rather than at the first job; one summary line follows.
 With no GPU it quantizes on CPU: bitsandbytes 0.50.2 ships a CPU path (a pure PyTorch
 kernel writing the same packed layout as the CUDA one), so a GPU-less docker build works.
@@ -27,14 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for medgemma
-
 from medgemma.errors import GenerationFailed, MedGemmaError
 from medgemma.settings import Settings
 from medgemma.standin import ensure_standin
 
 if TYPE_CHECKING:
-    from medgemma.model import Completion, LoadedModel
+    from medgemma.engines.base import Completion
+    from medgemma.engines.transformers import HFBackend
 
 # A synthetic note: the check needs tokens out, not a good answer.
 CHECK_JOB = {
@@ -86,7 +85,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def prequantize(model: str | None, output: Path, env: Mapping[str, str]) -> Report:
     """Quantize ``model`` (None: the stand-in) into ``output``, then reload it and generate."""
-    from medgemma.model import load_model
+    from medgemma.engines.hf_loading import load_checkpoint
+    from medgemma.engines.transformers import HFBackend
+    from medgemma.sources import resolve_source
 
     base = Settings.from_env(env)
     quantizing = Settings.from_env(
@@ -98,8 +99,8 @@ def prequantize(model: str | None, output: Path, env: Mapping[str, str]) -> Repo
         }
     )
     source = str(quantizing.model_id)  # resolved: a local download's nested snapshot dir is followed
-    loaded = load_model(quantizing)
-    quantize_load_s = loaded.info.load_seconds
+    loaded = load_checkpoint(quantizing, resolve_source(quantizing))
+    quantize_load_s = loaded.load_seconds
     loaded.model.save_pretrained(output)
     loaded.processor.save_pretrained(output)
     _copy_checkpoint_files(source, output, base.offline)
@@ -108,7 +109,8 @@ def prequantize(model: str | None, output: Path, env: Mapping[str, str]) -> Repo
 
     # DTYPE unset: the worker must pick the checkpoint's own compute dtype, as it will when serving.
     settings = Settings.from_env({k: v for k, v in {**env, "MODEL_ID": str(output)}.items() if k != "DTYPE"})
-    reloaded = load_model(settings)
+    source_of_copy = resolve_source(settings)
+    reloaded = HFBackend.load(settings, source_of_copy)
     completion = _generate(reloaded, settings)
     return Report(
         source=source,
@@ -133,7 +135,7 @@ def _copy_checkpoint_files(source: str, output: Path, offline: bool) -> None:
         shutil.copyfile(path, output / name)
 
 
-def _generate(loaded: LoadedModel, settings: Settings) -> Completion:
+def _generate(loaded: HFBackend, settings: Settings) -> Completion:
     """Answer CHECK_JOB as the worker would (with its dummy image by default, so the vision tower runs too)."""
     from medgemma.request import parse_job_input
 

@@ -12,7 +12,7 @@ from typing import Any
 from PIL import Image
 
 from medgemma.errors import InputError
-from medgemma.images import create_dummy_image, decode_image
+from medgemma.images import create_dummy_image, load_image
 from medgemma.prompts import DEFAULT_MODE, check_mode, system_prompt_for
 from medgemma.settings import Settings
 
@@ -23,6 +23,7 @@ KNOWN_FIELDS = frozenset(
 )
 MAX_TEMPERATURE = 2.0
 MAX_SEED = 2**32 - 1
+TEXT_ONLY_PROBLEM = "this worker serves a text-only model, which takes no images; send text alone"
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,6 @@ class GenerationRequest:
     job_id: str = "-"
 
     @property
-    def do_sample(self) -> bool:
-        return bool(self.temperature)
-
-    @property
     def sampling_key(self) -> SamplingKey:
         return SamplingKey(self.max_new_tokens, self.temperature or None, self.top_p, self.seed)
 
@@ -69,8 +66,11 @@ class GenerationRequest:
         ]
 
 
-def parse_job_input(raw: object, settings: Settings, job_id: str = "-") -> GenerationRequest:
-    """Validate a job's ``input`` object; raise InputError naming the first bad field."""
+def parse_job_input(raw: object, settings: Settings, job_id: str = "-", vision: bool = True) -> GenerationRequest:
+    """Validate a job's ``input`` object; raise InputError naming the first bad field.
+
+    ``vision`` is False for a text-only model: images are refused, and no dummy image is added.
+    """
     if not isinstance(raw, dict):
         raise InputError("input", f"must be a JSON object, got {type(raw).__name__}")
     data = _apply_aliases(raw)
@@ -91,8 +91,10 @@ def parse_job_input(raw: object, settings: Settings, job_id: str = "-") -> Gener
     if override is not None and len(override) > settings.max_input_chars:
         raise InputError("system_prompt", f"is over the limit of {settings.max_input_chars} characters")
 
+    if not vision and (data.get("image") is not None or data.get("images")):  # before any image is fetched
+        raise InputError("image" if data.get("image") is not None else "images", TEXT_ONLY_PROBLEM)
     images = _images(data, settings)
-    used_dummy = not images and settings.dummy_image
+    used_dummy = not images and settings.dummy_image and vision
     if used_dummy:
         images = [create_dummy_image()]
 
@@ -161,13 +163,13 @@ def _images(data: dict[str, Any], settings: Settings) -> list[Image.Image]:
     else:
         values, name = data.get("images") or [], "images"
         if not isinstance(values, list):
-            raise InputError("images", f"must be a list of base64 strings, got {type(values).__name__}")
+            raise InputError(
+                "images", f"must be a list of images (base64, data or https URLs), got {type(values).__name__}"
+            )
     if len(values) > settings.max_images:
         raise InputError(name, f"has {len(values)} images, over the limit of {settings.max_images}")
     return [
-        decode_image(
-            value, name if name == "image" else f"images[{index}]", settings.max_image_bytes, settings.max_image_pixels
-        )
+        load_image(value, name if name == "image" else f"images[{index}]", settings)
         for index, value in enumerate(values)
     ]
 

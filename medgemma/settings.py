@@ -7,7 +7,9 @@ No heavy imports: this module must import and test in milliseconds.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,8 @@ from typing import TypeVar
 
 from medgemma.errors import SettingsError
 
-QUANTIZATIONS = ("nf4", "int8", "none")
+QUANTIZATIONS = ("nf4", "int8", "fp8", "none")  # fp8: ENGINE=vllm only
+ENGINES = ("transformers", "vllm", "auto")
 DTYPES = ("bfloat16", "float32")
 DEVICES = ("auto", "cpu", "cuda")
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
@@ -27,10 +30,15 @@ DEFAULT_MAX_INPUT_CHARS = 200_000
 DEFAULT_MAX_IMAGES = 8
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
-DEFAULT_MAX_CONCURRENCY = 1
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_MS = 20
 DEFAULT_STANDIN_SUBDIR = "medgemma-runpod"
+STANDIN_MODEL_ID = "standin"  # MODEL_ID=standin: the embedded stand-in, as when MODEL_ID is unset
+DEFAULT_IMAGE_URL_TIMEOUT_S = 10.0
+DEFAULT_IMAGE_URL_DEADLINE_S = 30.0
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 FLOAT16_REFUSAL = (
     "DTYPE=float16 is refused: Gemma 3 overflows in float16 (NaN logits, empty or "
@@ -45,6 +53,7 @@ STATIC_AND_COMPILE_REFUSAL = (
 )
 
 T = TypeVar("T")
+D = TypeVar("D")  # a default: the parsed type, or None for "unset"
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,7 @@ class Settings:
     """Everything the worker reads from its environment, already validated."""
 
     model_id: str | None  # None: the embedded stand-in
+    engine: str  # "transformers" | "vllm" | "auto" (vLLM when it is installed and CUDA is present)
     quantization: str | None  # None: nf4 on CUDA, none on CPU
     dtype: str | None  # None: bfloat16 on CUDA, float32 on CPU
     device: str
@@ -65,12 +75,22 @@ class Settings:
     max_images: int
     max_image_bytes: int
     max_image_pixels: int
-    max_concurrency: int
+    max_concurrency: int | None  # None: the engine's own figure (ModelInfo.max_concurrency)
     max_batch_size: int
     batch_wait_ms: int
     streaming: bool
     static_cache: bool
     torch_compile: bool
+    # The vLLM engine's settings, named as in runpod-workers/worker-vllm.
+    max_model_len: int | None  # None: the model's own context length
+    gpu_memory_utilization: float
+    enforce_eager: bool
+    max_num_seqs: int | None  # None: vLLM's default
+    image_url_allow_http: bool
+    image_url_ca_bundle: Path | None  # extra CA certificates (PEM) trusted for image fetches
+    image_url_allow_addresses: tuple[IPNetwork, ...]  # exempt from the SSRF rules (tests)
+    image_url_timeout_s: float  # connect, and each read
+    image_url_deadline_s: float  # one whole fetch, redirects included
 
     @property
     def uses_standin(self) -> bool:
@@ -100,6 +120,7 @@ class Settings:
         hf_home = env.get("HF_HOME") or None
         return cls(
             model_id=resolve_model_id(env.get("MODEL_ID", "").strip() or None),
+            engine=reader.choice("ENGINE", ENGINES, default="auto"),
             quantization=quantization,
             dtype=None if dtype == "auto" else dtype,
             device=reader.choice("DEVICE", DEVICES, default="auto"),
@@ -116,12 +137,25 @@ class Settings:
             max_images=reader.integer("MAX_IMAGES", DEFAULT_MAX_IMAGES, minimum=1),
             max_image_bytes=reader.integer("MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES, minimum=1),
             max_image_pixels=reader.integer("MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1),
-            max_concurrency=reader.integer("MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY, minimum=1),
+            max_concurrency=reader.optional_integer("MAX_CONCURRENCY", minimum=1),
             max_batch_size=reader.integer("MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, minimum=1),
             batch_wait_ms=reader.integer("BATCH_WAIT_MS", DEFAULT_BATCH_WAIT_MS, minimum=0),
             streaming=reader.boolean("STREAMING", default=False),
             static_cache=static_cache,
             torch_compile=torch_compile,
+            max_model_len=reader.optional_integer("MAX_MODEL_LEN", minimum=1),
+            gpu_memory_utilization=reader.number(
+                "GPU_MEMORY_UTILIZATION", DEFAULT_GPU_MEMORY_UTILIZATION, low=0.05, high=1.0
+            ),
+            enforce_eager=reader.boolean("ENFORCE_EAGER", default=False),
+            max_num_seqs=reader.optional_integer("MAX_NUM_SEQS", minimum=1),
+            image_url_allow_http=reader.boolean("IMAGE_URL_ALLOW_HTTP", default=False),
+            image_url_ca_bundle=ca_bundle("IMAGE_URL_CA_BUNDLE", env.get("IMAGE_URL_CA_BUNDLE", "").strip()),
+            image_url_allow_addresses=networks("IMAGE_URL_ALLOW_ADDRESSES", env.get("IMAGE_URL_ALLOW_ADDRESSES", "")),
+            image_url_timeout_s=reader.number("IMAGE_URL_TIMEOUT_S", DEFAULT_IMAGE_URL_TIMEOUT_S, low=0.1, high=600),
+            image_url_deadline_s=reader.number(
+                "IMAGE_URL_DEADLINE_S", DEFAULT_IMAGE_URL_DEADLINE_S, low=0.1, high=3600
+            ),
         )
 
 
@@ -139,10 +173,13 @@ def load_settings(env: Mapping[str, str] | None = None, dotenv_path: str | None 
 def resolve_model_id(model_id: str | None) -> str | None:
     """Return a hub id unchanged, or the directory that actually holds ``config.json``.
 
+    None, or ``STANDIN_MODEL_ID`` (for environments that can't pass an empty value, such as
+    an image whose MODEL_ID is preset), means the embedded stand-in.
+
     A download often nests the checkpoint one level down (``models/medgemma/<snapshot>/``);
     a directory with exactly one such child is followed into.
     """
-    if model_id is None:
+    if model_id is None or model_id == STANDIN_MODEL_ID:
         return None
     path = Path(model_id).expanduser()
     looks_like_path = model_id.startswith(("/", ".", "~")) or path.exists()
@@ -161,6 +198,33 @@ def resolve_model_id(model_id: str | None) -> str | None:
     )
 
 
+def ca_bundle(name: str, raw: str) -> Path | None:
+    """A PEM file of CA certificates, loaded once here so a bad path fails at boot."""
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise SettingsError(f"{name} {raw!r} is not a file (it must be a PEM file of CA certificates)")
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=str(path))
+    except (ssl.SSLError, OSError, ValueError):
+        raise SettingsError(f"{name} {raw!r} holds no readable PEM CA certificate") from None
+    return path
+
+
+def networks(name: str, raw: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated addresses or CIDR networks; host bits set (10.0.0.1/8) are a typo, refused."""
+    parsed = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            parsed.append(ipaddress.ip_network(item, strict=True))
+        except ValueError:
+            raise SettingsError(f"{name} must be comma-separated IP addresses or networks, got {item!r}") from None
+    return tuple(parsed)
+
+
 class EnvReader:
     """Typed access to an env mapping; every failure names the variable."""
 
@@ -170,11 +234,11 @@ class EnvReader:
     def text(self, name: str, default: str) -> str:
         return self._env.get(name, "").strip() or default
 
-    def _parse(self, name: str, default: T, parse: Callable[[str], T]) -> T:
+    def _parse(self, name: str, default: D, parse: Callable[[str], T]) -> T | D:
         raw = self._env.get(name, "").strip()
         return default if raw == "" else parse(raw)
 
-    def boolean(self, name: str, default: bool | None) -> bool | None:
+    def boolean(self, name: str, default: D) -> bool | D:
         def parse(raw: str) -> bool:
             word = raw.lower()
             if word in TRUE_WORDS:
@@ -197,7 +261,23 @@ class EnvReader:
 
         return self._parse(name, default, parse)
 
-    def choice(self, name: str, choices: tuple[str, ...], default: str | None) -> str | None:
+    def optional_integer(self, name: str, minimum: int) -> int | None:
+        """An integer, or None when unset (the engine then decides)."""
+        return self.integer(name, 0, minimum) if self._env.get(name, "").strip() else None
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        def parse(raw: str) -> float:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+            if not low <= value <= high:
+                raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+            return value
+
+        return self._parse(name, default, parse)
+
+    def choice(self, name: str, choices: tuple[str, ...], default: D) -> str | D:
         def parse(raw: str) -> str:
             if raw.lower() not in choices:
                 raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")

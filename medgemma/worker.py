@@ -1,21 +1,22 @@
-"""The worker's state and its job flow: validate -> generate -> shape the output.
+"""The worker's state and its one job path: validate -> generate -> shape the output.
 
-One ``Worker`` lives per process (created by ``handler.warmup``). Every failure a
-caller can cause or suffer becomes ``{"error": "<one sentence naming the field>"}``
-and the worker carries on with the next job. Logs carry ids, sizes, token counts
-and timings only, never note text, prompts, answers or images.
+One ``Worker`` lives per process (created by ``handler.warmup``). Every failure a caller
+can cause or suffer becomes ``{"error": "<one sentence>"}`` and the worker carries on with
+the next job; a GPU fault also asks RunPod for a fresh worker (``refresh_worker``). Logs
+carry ids, sizes, token counts and timings only, never note text, prompts, answers or images.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from medgemma.engine import BatchEngine, EngineResult
-from medgemma.errors import GenerationFailed, InputError, MedGemmaError
+from medgemma.engines.base import Engine, EngineResult
+from medgemma.errors import GenerationFailed, HostError, InputError, MedGemmaError, redacted_traceback
 from medgemma.request import GenerationRequest, parse_job_input
 from medgemma.settings import Settings
 
@@ -29,41 +30,51 @@ STREAM_OFF_PROBLEM = (
 @dataclass
 class Worker:
     settings: Settings
-    model: Any  # medgemma.model.LoadedModel
-    engine: BatchEngine
+    engine: Engine
 
     @classmethod
     def start(cls, settings: Settings) -> Worker:
-        """Load the model once (the cold start) and start the batching engine."""
-        from medgemma.model import load_model  # heavy: torch + transformers
+        """Load the model once (the cold start) and start its engine."""
+        from medgemma.engines import load_engine  # heavy: torch and the chosen engine
 
         started = time.perf_counter()
-        model = load_model(settings)
-        engine = BatchEngine(model, settings.max_batch_size, settings.batch_wait_ms / 1000)
-        log.info("warmup done in %.1f s (%s)", time.perf_counter() - started, model.info.run_mode)
-        return cls(settings, model, engine)
+        worker = cls(settings, load_engine(settings))
+        info = worker.engine.info
+        log.info(
+            "cold start done in %.1f s: engine=%s model=%s run_mode=%s load_s=%.1f max_concurrency=%d",
+            time.perf_counter() - started, info.engine, info.source, info.run_mode, info.load_seconds,
+            worker.max_concurrency,
+        )  # fmt: skip
+        return worker
 
-    async def run(self, job: dict[str, Any], streaming_worker: bool = False) -> dict[str, Any]:
+    @property
+    def max_concurrency(self) -> int:
+        """How many jobs RunPod may hand this worker at once: MAX_CONCURRENCY, or the engine's figure."""
+        return self.settings.max_concurrency or self.engine.info.max_concurrency
+
+    async def run(self, job: dict[str, Any]) -> dict[str, Any]:
         """Serve one job and return its whole output object (or ``{"error": ...}``)."""
-        started = time.perf_counter()
+        answers = self.answer(job, streaming_worker=False)
         try:
-            request = self._validate(job)
-            if request.stream and not streaming_worker:
-                raise InputError("stream", STREAM_OFF_PROBLEM)
-            prepared = await self.engine.prepare(request)
-            result = await self.engine.generate(prepared)
-        except MedGemmaError as error:
-            return self._failed(job, error)
-        return self._shaped(request, result, started)
+            return await anext(answers)
+        finally:
+            await answers.aclose()
 
     async def run_stream(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Yield ``{"delta": text}`` chunks then a final chunk with usage and finish reason.
 
         A job without ``stream: true`` yields exactly one item: its whole output object.
         """
+        async for item in self.answer(job, streaming_worker=True):
+            yield item
+
+    async def answer(self, job: dict[str, Any], streaming_worker: bool) -> AsyncIterator[dict[str, Any]]:
+        """The one job path, for plain and streamed jobs alike."""
         started = time.perf_counter()
         try:
-            request = self._validate(job)
+            request = await asyncio.to_thread(self._validate, job)
+            if request.stream and not streaming_worker:
+                raise InputError("stream", STREAM_OFF_PROBLEM)
             prepared = await self.engine.prepare(request)
             if not request.stream:
                 yield self._shaped(request, await self.engine.generate(prepared), started)
@@ -77,12 +88,17 @@ class Worker:
                     yield {"delta": item}
         except MedGemmaError as error:
             yield self._failed(job, error)
+        except Exception as error:  # a bug, not the caller's fault: report it, keep serving
+            log.error("job %s failed unexpectedly:\n%s", job.get("id", "-"), redacted_traceback(error))
+            yield {"error": f"internal error ({type(error).__name__}) while serving this job; the worker keeps serving"}
 
     def _validate(self, job: dict[str, Any]) -> GenerationRequest:
-        return parse_job_input(job.get("input"), self.settings, job_id=str(job.get("id", "-")))
+        return parse_job_input(
+            job.get("input"), self.settings, job_id=str(job.get("id", "-")), vision=self.engine.info.vision
+        )
 
     def _shaped(self, request: GenerationRequest, result: EngineResult, started: float) -> dict[str, Any]:
-        completion, info = result.completion, self.model.info
+        completion, info = result.completion, self.engine.info
         total = time.perf_counter() - started
         timings = {
             "queue_s": result.queue_seconds,
@@ -92,20 +108,12 @@ class Worker:
             "total_s": round(total, 4),
         }
         log.info(
-            "job %s done: mode=%s images=%d dummy=%s prompt_tokens=%d completion_tokens=%d finish=%s batch=%d "
-            "queue_s=%.3f ttft_s=%.3f generate_s=%.3f",
-            request.job_id,
-            request.mode,
-            len(request.images),
-            request.used_dummy_image,
-            completion.prompt_tokens,
-            completion.completion_tokens,
-            completion.finish_reason,
-            result.batch_size,
-            result.queue_seconds,
-            completion.time_to_first_token,
-            completion.generate_seconds,
-        )
+            "job %s done: engine=%s mode=%s images=%d dummy=%s prompt_tokens=%d completion_tokens=%d finish=%s "
+            "batch=%d queue_s=%.3f ttft_s=%.3f generate_s=%.3f",
+            request.job_id, info.engine, request.mode, len(request.images), request.used_dummy_image,
+            completion.prompt_tokens, completion.completion_tokens, completion.finish_reason, result.batch_size,
+            result.queue_seconds, completion.time_to_first_token, completion.generate_seconds,
+        )  # fmt: skip
         return {
             "output": completion.text,
             "mode": request.mode,
@@ -119,12 +127,12 @@ class Worker:
         }
 
     @staticmethod
-    def _failed(job: dict[str, Any], error: MedGemmaError) -> dict[str, str]:
-        kind = (
-            "input"
-            if isinstance(error, InputError)
-            else ("generation" if isinstance(error, GenerationFailed) else "worker")
-        )
+    def _failed(job: dict[str, Any], error: MedGemmaError) -> dict[str, Any]:
+        kinds = {InputError: "input", GenerationFailed: "generation", HostError: "host"}
+        kind = next((name for cls, name in kinds.items() if isinstance(error, cls)), "worker")
         # The message names a field and a limit, never the caller's data.
         log.warning("job %s failed (%s error): %s", job.get("id", "-"), kind, error)
-        return {"error": str(error)}
+        failure: dict[str, Any] = {"error": str(error)}
+        if isinstance(error, HostError):
+            failure["refresh_worker"] = True  # RunPod replaces this worker after the job
+        return failure

@@ -63,23 +63,36 @@ def settings():
     return Settings.from_env({**os.environ, **TEST_ENV})
 
 
-@pytest.fixture(scope="session")
-def worker(settings):
-    """The real Worker on the stand-in, installed as handler.py's global state."""
-    import handler
+#: The engines every job test runs on (one model load per engine per session).
+ENGINES = ["transformers"]
 
-    loaded = handler.warmup(settings)
+
+@pytest.fixture(scope="session")
+def transformers_worker(settings):
+    """The real Worker on the stand-in, transformers engine."""
+    from medgemma.worker import Worker
+
+    loaded = Worker.start(replace(settings, engine="transformers"))
     yield loaded
     loaded.engine.close()
-    handler.WORKER = None
+
+
+@pytest.fixture(params=ENGINES)
+def worker(request, monkeypatch):
+    """The session's Worker for each engine in turn, installed as handler.py's global state."""
+    import handler
+
+    loaded = request.getfixturevalue(f"{request.param}_worker")
+    monkeypatch.setattr(handler, "WORKER", loaded)
+    return loaded
 
 
 @pytest.fixture
 def worker_without_dummy(worker):
-    """The same model and engine, with DUMMY_IMAGE=false."""
+    """The same engine, with DUMMY_IMAGE=false."""
     from medgemma.worker import Worker
 
-    return Worker(replace(worker.settings, dummy_image=False), worker.model, worker.engine)
+    return Worker(replace(worker.settings, dummy_image=False), worker.engine)
 
 
 def _free_port() -> int:

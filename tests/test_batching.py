@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 from PIL import Image
 
-from medgemma.engine import BatchEngine
+from medgemma.engines.batching import BatchEngine
 from medgemma.images import encode_image
 from medgemma.worker import Worker
 from tests.conftest import run
@@ -24,10 +24,10 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def batching_worker(worker):
+def batching_worker(transformers_worker):
     """The session's model behind an engine that waits long enough to batch deterministically."""
-    engine = BatchEngine(worker.model, max_batch_size=8, batch_wait_seconds=1.0)
-    yield Worker(replace(worker.settings, dummy_image=False), worker.model, engine)
+    engine = BatchEngine(transformers_worker.engine.backend, max_batch_size=8, batch_wait_seconds=1.0)
+    yield Worker(replace(transformers_worker.settings, dummy_image=False), engine)
     engine.close()
 
 
@@ -38,14 +38,14 @@ def together(worker: Worker, inputs: list[dict]) -> list[dict]:
     return run(all_at_once())
 
 
-def test_batched_answers_equal_answers_alone(batching_worker, worker):
+def test_batched_answers_equal_answers_alone(batching_worker, transformers_worker):
     image = encode_image(Image.radial_gradient("L").convert("RGB"))
     inputs = [{"text": text} for text in TEXTS] + [{"text": TEXTS[0], "image": image}]
     batched = together(batching_worker, inputs)
     assert [r["batch_size"] for r in batched] == [5] * 5
     assert len({r["usage"]["prompt_tokens"] for r in batched}) > 1  # rows really were left-padded
     for data, result in zip(inputs, batched, strict=False):
-        alone = run(Worker(batching_worker.settings, worker.model, worker.engine).run({"id": "alone", "input": data}))
+        alone = run(Worker(batching_worker.settings, transformers_worker.engine).run({"id": "alone", "input": data}))
         assert alone["batch_size"] == 1
         assert result["output"] == alone["output"]
         assert result["usage"] == alone["usage"] and result["finish_reason"] == alone["finish_reason"]
@@ -77,18 +77,25 @@ def test_a_bad_job_in_a_batch_fails_alone(batching_worker):
     assert results[0]["output"] and results[2]["output"]
 
 
-def test_jobs_submitted_together_are_not_split_by_tokenization_time(worker):
+@pytest.fixture
+def patient_engine(transformers_worker):
+    """A 1 ms batch window that waits up to 30 s for jobs still being tokenized."""
+    engine = BatchEngine(
+        transformers_worker.engine.backend, max_batch_size=8, batch_wait_seconds=0.001, prepare_wait_seconds=30.0
+    )
+    yield Worker(replace(transformers_worker.settings, dummy_image=False), engine)
+    engine.close()
+
+
+def test_jobs_submitted_together_are_not_split_by_tokenization_time(patient_engine):
     """With a 1 ms window, only waiting for jobs still being tokenized can put all 8 in one batch."""
-    engine = BatchEngine(worker.model, max_batch_size=8, batch_wait_seconds=0.001, prepare_wait_seconds=30.0)
-    try:
-        tight = Worker(replace(worker.settings, dummy_image=False), worker.model, engine)
-        results = together(tight, [{"text": f"{TEXTS[i % len(TEXTS)]} ({i})", "max_new_tokens": 2} for i in range(8)])
-        assert [r["batch_size"] for r in results] == [8] * 8
-        assert engine.preparing == 0
-    finally:
-        engine.close()
+    inputs = [{"text": f"{TEXTS[i % len(TEXTS)]} ({i})", "max_new_tokens": 2} for i in range(8)]
+    results = together(patient_engine, inputs)
+    assert [r["batch_size"] for r in results] == [8] * 8
 
 
-def test_a_job_that_fails_tokenization_is_no_longer_waited_for(batching_worker):
-    together(batching_worker, [{"text": "1234567890" * 4_000}, {"text": TEXTS[0], "max_new_tokens": 2}])
-    assert batching_worker.engine.preparing == 0
+def test_a_job_that_fails_tokenization_is_no_longer_waited_for(patient_engine):
+    results = together(patient_engine, [{"text": "1234567890" * 4_000}, {"text": TEXTS[0], "max_new_tokens": 2}])
+    assert results[0]["error"].startswith("text: the prompt is ")
+    # Had the failed job still counted as tokenizing, the batch would have waited 30 s for it.
+    assert results[1]["timings"]["queue_s"] < 10

@@ -152,19 +152,20 @@ def test_input_longer_than_the_context_is_a_clear_error(worker):
     assert_answer(run(handler.handler(job())))
 
 
-def test_thinking_blocks_are_stripped(worker):
+def test_thinking_blocks_are_stripped(transformers_worker):
     """MedGemma 1.5 may think between <unused94> and <unused95>: only the answer is returned."""
-    from medgemma.model import _RowDecoder
+    from medgemma.decoding import RowDecoder, think_token_ids
 
-    tokenizer = worker.model.processor.tokenizer
-    start, end = worker.model.think_ids
+    tokenizer = transformers_worker.engine.backend.tokenizer
+    think_ids = think_token_ids(tokenizer)
+    start, end = think_ids
     answer = tokenizer.encode("Pneumonia, treated.", add_special_tokens=False)
     thought = tokenizer.encode("thought: the patient has", add_special_tokens=False)
-    eos = sorted(worker.model.eos_ids)
+    eos = [1, 106]
 
     def decode(ids: list[int]) -> tuple[str, str]:
         streamed: list[str] = []
-        decoder = _RowDecoder(tokenizer, worker.model.eos_ids, worker.model.think_ids, streamed.append)
+        decoder = RowDecoder(tokenizer, eos, think_ids, streamed.append)
         for token in ids:
             decoder.push(token)
         return decoder.text(), "".join(streamed)

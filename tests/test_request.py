@@ -18,7 +18,7 @@ PNG = encode_image(Image.new("RGB", (8, 8)))
 def test_minimal_job_defaults_to_summarize_greedy_with_dummy_image():
     request = parse_job_input({"text": "note"}, SETTINGS)
     assert request.mode == "summarize" and request.system_prompt == SYSTEM_PROMPTS["summarize"]
-    assert request.do_sample is False and request.max_new_tokens == SETTINGS.max_new_tokens
+    assert request.temperature is None and request.max_new_tokens == SETTINGS.max_new_tokens
     assert request.used_dummy_image and len(request.images) == 1
 
 
@@ -44,7 +44,7 @@ def test_aliases_and_all_fields():
         SETTINGS,
     )
     assert request.system_prompt == "Be brief." and request.max_new_tokens == 64
-    assert request.do_sample and request.top_p == 0.9 and request.seed == 3 and request.stream
+    assert request.temperature and request.top_p == 0.9 and request.seed == 3 and request.stream
     assert len(request.images) == 2 and not request.used_dummy_image
     messages = request.messages()
     assert messages[0]["role"] == "system" and [p["type"] for p in messages[1]["content"]] == ["image", "image", "text"]

@@ -98,7 +98,8 @@ def test_settings_import_without_heavy_libraries():
     import sys
 
     code = (
-        "import sys, medgemma.settings, medgemma.request, medgemma.prompts, medgemma.engine; "
+        "import sys, medgemma.settings, medgemma.request, medgemma.prompts, medgemma.tokens, medgemma.decoding, "
+        "medgemma.sources, medgemma.model_access, medgemma.worker, medgemma.engines, medgemma.engines.batching; "
         "print(any(m in sys.modules for m in ('torch', 'transformers')))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -110,3 +111,56 @@ def test_static_cache_and_torch_compile_are_exclusive():
         Settings.from_env({"STATIC_CACHE": "true", "TORCH_COMPILE": "true"})
     assert Settings.from_env({"STATIC_CACHE": "true"}).static_cache
     assert Settings.from_env({"TORCH_COMPILE": "true"}).torch_compile
+
+
+def test_image_url_settings_default_to_https_only_with_the_ssrf_rules_on():
+    settings = Settings.from_env({})
+    assert settings.image_url_allow_http is False
+    assert settings.image_url_ca_bundle is None and settings.image_url_allow_addresses == ()
+    assert settings.image_url_timeout_s == 10.0 and settings.image_url_deadline_s == 30.0
+
+
+def test_image_url_settings_parse(tmp_path: Path):
+    import trustme
+
+    bundle = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))
+    settings = Settings.from_env(
+        {
+            "IMAGE_URL_ALLOW_HTTP": "true",
+            "IMAGE_URL_CA_BUNDLE": str(bundle),
+            "IMAGE_URL_ALLOW_ADDRESSES": "127.0.0.1, ::1,10.1.0.0/16",
+            "IMAGE_URL_TIMEOUT_S": "0.5",
+            "IMAGE_URL_DEADLINE_S": "2",
+        }
+    )
+    assert settings.image_url_allow_http is True and settings.image_url_ca_bundle == bundle
+    assert [str(network) for network in settings.image_url_allow_addresses] == [
+        "127.0.0.1/32",
+        "::1/128",
+        "10.1.0.0/16",
+    ]
+    assert (settings.image_url_timeout_s, settings.image_url_deadline_s) == (0.5, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("IMAGE_URL_ALLOW_HTTP", "sometimes"),
+        ("IMAGE_URL_CA_BUNDLE", "/nonexistent/ca.pem"),
+        ("IMAGE_URL_CA_BUNDLE", __file__),  # a file, but no PEM certificate in it
+        ("IMAGE_URL_ALLOW_ADDRESSES", "localhost"),
+        ("IMAGE_URL_ALLOW_ADDRESSES", "10.0.0.1/8"),  # host bits set: a typo, not a network
+        ("IMAGE_URL_TIMEOUT_S", "0"),
+        ("IMAGE_URL_TIMEOUT_S", "soon"),
+        ("IMAGE_URL_DEADLINE_S", "nan"),
+    ],
+)
+def test_bad_image_url_settings_fail_naming_the_variable(name, value):
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize("value", ["", "standin", "  standin "])
+def test_model_id_standin_or_empty_means_the_embedded_standin(value):
+    assert Settings.from_env({"MODEL_ID": value}).uses_standin

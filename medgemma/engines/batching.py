@@ -1,16 +1,17 @@
 """Dynamic batching: jobs that arrive together are generated together on one model.
 
-The handler is async and must never block RunPod's event loop, so generation runs
-on one dedicated thread that owns the model. Jobs queue up; when the thread is free
-it waits ``batch_wait`` for company (and up to ``prepare_wait`` longer for
-jobs that have arrived but are still being tokenized, so jobs submitted together
-are not split by tokenization time), then takes up to ``max_batch_size`` queued
-jobs that share the first job's sampling settings (jobs that can't share a batch
-keep their place for the next one) and generates them in one ``generate`` call.
+The handler is async and must never block RunPod's event loop, so generation runs on one
+dedicated thread that owns the model. Jobs queue up; when the thread is free it waits
+``batch_wait`` for company (and up to ``prepare_wait`` longer for jobs that have arrived but
+are still being tokenized, so jobs submitted together are not split by tokenization time),
+then takes up to ``max_batch_size`` queued jobs that share the first job's sampling settings
+(jobs that can't share a batch keep their place for the next one) and generates them in
+one call.
 
-A job that fails validation never reaches the queue, so a bad job fails alone; if a
-whole batch fails (e.g. out of GPU memory), its jobs are retried one at a time so
-only the job that can't run fails.
+A job that fails validation never reaches the queue, so a bad job fails alone; if a whole
+batch fails (e.g. out of GPU memory), its jobs are retried one at a time so only the job
+that can't run fails. A GPU fault that poisons the process fails every job in the batch,
+and every later one, with a HostError (the worker asks RunPod to replace it). Nothing here imports torch: the backend does the model work.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from medgemma.errors import GenerationFailed
-from medgemma.request import GenerationRequest
+from medgemma.decoding import DeltaCallback
+from medgemma.engines.base import Completion, EngineResult, ModelInfo, Prepared, host_fault
+from medgemma.errors import GenerationFailed, HostError, redacted_traceback
+from medgemma.request import GenerationRequest, SamplingKey
 
 log = logging.getLogger(__name__)
 
@@ -38,41 +41,35 @@ _POLL_SECONDS = 0.005
 
 
 class Backend(Protocol):
-    """What the engine needs from a model (``medgemma.model.LoadedModel`` is one)."""
+    """A model that prepares one request and generates a batch of them."""
 
-    def prepare(self, request: GenerationRequest) -> Any: ...
+    info: ModelInfo
+
+    def prepare(self, request: GenerationRequest) -> Prepared: ...
 
     def generate_batch(
-        self, batch: list[Any], on_delta: list[Callable[[str], None] | None] | None = None
-    ) -> list[Any]: ...
+        self, batch: list[Prepared], on_delta: list[DeltaCallback | None] | None = None
+    ) -> list[Completion]: ...
 
 
 @dataclass
 class _Job:
-    prepared: Any
+    prepared: Prepared
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
-    on_delta: Callable[[str], None] | None
+    on_delta: DeltaCallback | None
     enqueued_at: float = field(default_factory=time.perf_counter)
     batch_size: int = 1
     queue_seconds: float = 0.0
 
     @property
-    def key(self) -> Any:
+    def key(self) -> SamplingKey:
         return self.prepared.request.sampling_key
 
 
-@dataclass
-class EngineResult:
-    """A completion plus how the engine served it."""
-
-    completion: Any
-    prepared: Any
-    batch_size: int
-    queue_seconds: float
-
-
 class BatchEngine:
+    """An Engine (``medgemma.engines.base``) that batches jobs for one ``Backend``."""
+
     def __init__(
         self,
         backend: Backend,
@@ -81,6 +78,7 @@ class BatchEngine:
         prepare_wait_seconds: float = PREPARE_WAIT_SECONDS,
     ):
         self.backend = backend
+        self.info = backend.info
         self.max_batch_size = max_batch_size
         self.batch_wait_seconds = batch_wait_seconds
         # BATCH_WAIT_MS=0 means "never wait for company", tokenizing jobs included.
@@ -89,15 +87,11 @@ class BatchEngine:
         self._waiting: list[_Job] = []
         self._preparing = 0  # jobs being tokenized: they will be queued in a moment
         self._preparing_lock = threading.Lock()
+        self._fault: HostError | None = None  # set once the GPU has failed: nothing can run any more
         self._thread = threading.Thread(target=self._run, name="medgemma-engine", daemon=True)
         self._thread.start()
 
-    @property
-    def preparing(self) -> int:
-        """Jobs being tokenized right now (they join the queue when done)."""
-        return self._preparing
-
-    async def prepare(self, request: GenerationRequest) -> Any:
+    async def prepare(self, request: GenerationRequest) -> Prepared:
         """Tokenize off the event loop; raises InputError for prompts that can't fit."""
         with self._preparing_lock:
             self._preparing += 1
@@ -107,7 +101,7 @@ class BatchEngine:
             with self._preparing_lock:
                 self._preparing -= 1
 
-    async def generate(self, prepared: Any, on_delta: Callable[[str], None] | None = None) -> EngineResult:
+    async def generate(self, prepared: Prepared, on_delta: DeltaCallback | None = None) -> EngineResult:
         """Queue one prepared job and wait for its completion."""
         loop = asyncio.get_running_loop()
         job = _Job(prepared, loop, loop.create_future(), on_delta)
@@ -115,24 +109,27 @@ class BatchEngine:
         completion = await job.future
         return EngineResult(completion, prepared, job.batch_size, job.queue_seconds)
 
-    async def stream(self, prepared: Any) -> AsyncIterator[str | EngineResult]:
+    async def stream(self, prepared: Prepared) -> AsyncIterator[str | EngineResult]:
         """Yield text deltas as they are generated, then the EngineResult."""
         loop = asyncio.get_running_loop()
-        deltas: asyncio.Queue = asyncio.Queue()
+        deltas: asyncio.Queue[str] = asyncio.Queue()
         task = asyncio.ensure_future(
             self.generate(prepared, on_delta=lambda text: loop.call_soon_threadsafe(deltas.put_nowait, text))
         )
-        while True:
-            getter = asyncio.ensure_future(deltas.get())
-            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-            if getter in done:
-                yield getter.result()
-                continue
-            getter.cancel()
-            while not deltas.empty():  # deltas that raced the completion
-                yield deltas.get_nowait()
-            yield task.result()
-            return
+        try:
+            while True:
+                getter = asyncio.ensure_future(deltas.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                    continue
+                getter.cancel()
+                while not deltas.empty():  # deltas that raced the completion
+                    yield deltas.get_nowait()
+                yield task.result()
+                return
+        finally:
+            task.cancel()  # the caller went away: nobody waits for this job's answer
 
     def close(self) -> None:
         self._inbox.put(_STOP)
@@ -188,6 +185,10 @@ class BatchEngine:
         now = time.perf_counter()
         for job in batch:
             job.batch_size, job.queue_seconds = len(batch), round(now - job.enqueued_at, 4)
+        if self._fault is not None:
+            for job in batch:
+                self._settle(job, error=self._fault)
+            return
         try:
             completions = self.backend.generate_batch([job.prepared for job in batch], [job.on_delta for job in batch])
         except GenerationFailed as error:
@@ -199,15 +200,16 @@ class BatchEngine:
             self._settle(batch[0], error=error)
             return
         except Exception as error:  # never let one batch kill the thread
-            log.exception("generation failed for a batch of %d", len(batch))
+            self._fault = fault = host_fault(error)
+            log.error("generation failed for a batch of %d:\n%s", len(batch), redacted_traceback(error))
             for job in batch:
-                self._settle(job, error=GenerationFailed(f"generation failed: {type(error).__name__}"))
+                self._settle(job, error=fault or GenerationFailed(f"generation failed: {type(error).__name__}"))
             return
-        for job, completion in zip(batch, completions, strict=False):
+        for job, completion in zip(batch, completions, strict=True):
             self._settle(job, result=completion)
 
     @staticmethod
-    def _settle(job: _Job, result: Any = None, error: Exception | None = None) -> None:
+    def _settle(job: _Job, result: Completion | None = None, error: Exception | None = None) -> None:
         def settle() -> None:
             if job.future.done():  # the caller went away (cancelled)
                 return

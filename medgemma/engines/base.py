@@ -1,0 +1,120 @@
+"""The engine interface: what the worker needs from a model runtime, whichever it is.
+
+The worker never asks which engine it has. Both engines build prompts with
+``medgemma.tokens`` and decode answers with ``medgemma.decoding``, so a job means the same
+on either; they differ in how they batch and run the model. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from medgemma.errors import HostError, InputError
+from medgemma.request import GenerationRequest
+from medgemma.tokens import Prompt
+
+#: Substrings of the errors after which a CUDA context is unusable: every later call fails too.
+_POISONED_CUDA = (
+    "illegal memory access",
+    "device-side assert",
+    "unspecified launch failure",
+    "an illegal instruction",
+    "misaligned address",
+    "CUDA error: uncorrectable ECC",
+    "CUDA-capable device(s) is/are busy or unavailable",
+)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What was loaded and how: reported with every answer and in the logs."""
+
+    engine: str  # "transformers" | "vllm"
+    source: str  # hub id, local path, or "embedded-standin:<path>": the output's "model"
+    run_mode: str  # e.g. "cuda/nf4/bfloat16": the output's "run_mode"
+    device: str
+    dtype: str
+    quantization: str
+    load_seconds: float
+    context_length: int  # prompt tokens + max_new_tokens must fit
+    vision: bool  # False: a text-only checkpoint, which takes no images
+    max_concurrency: int  # jobs this engine holds at once: MAX_CONCURRENCY's default
+
+
+@dataclass
+class Prepared:
+    """One request, tokenized and ready for its engine."""
+
+    request: GenerationRequest
+    prompt: Prompt
+    prepare_seconds: float
+    features: Any = None  # engine-specific inputs (the transformers engine: tensors)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt.ids)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One answer."""
+
+    text: str  # thinking stripped
+    prompt_tokens: int
+    completion_tokens: int  # generated tokens, the stop token included when one ended the answer
+    finish_reason: str  # "stop" | "length"
+    time_to_first_token: float
+    generate_seconds: float
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """A completion plus how the engine served it."""
+
+    completion: Completion
+    prepared: Prepared
+    batch_size: int
+    queue_seconds: float
+
+
+class Engine(Protocol):
+    info: ModelInfo
+
+    async def prepare(self, request: GenerationRequest) -> Prepared:
+        """Tokenize (off the event loop); InputError if the prompt can't be served."""
+        ...
+
+    async def generate(self, prepared: Prepared) -> EngineResult: ...
+
+    def stream(self, prepared: Prepared) -> AsyncIterator[str | EngineResult]:
+        """Text deltas as they are generated, then the EngineResult."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def check_context(prompt_tokens: int, max_new_tokens: int, context_length: int) -> None:
+    """A prompt and its answer must fit the model's context."""
+    if prompt_tokens + max_new_tokens > context_length:
+        raise InputError(
+            "text",
+            f"the prompt is {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}, "
+            f"over the model's context of {context_length} tokens; shorten the text or lower max_new_tokens",
+        )
+
+
+def host_fault(error: BaseException) -> HostError | None:
+    """A HostError if ``error`` means this process's GPU is unusable from now on, else None."""
+    if type(error).__name__ == "AcceleratorError" or any(marker in str(error) for marker in _POISONED_CUDA):
+        return HostError(
+            f"the GPU failed ({type(error).__name__}: {_first_line(error)}); this worker can't serve "
+            "any more jobs and asks RunPod for a fresh one; resubmit the job"
+        )
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else "no message"
