@@ -17,6 +17,7 @@ import datetime
 import importlib.metadata
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -203,9 +204,23 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def write(self) -> None:
+        """Write this report's section of ``path``, keeping the other reports' sections there.
+
+        Sections start at a top-level ``# `` heading; the one with this title is replaced (or
+        appended), so one results file holds several benchmarks' tables.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        existing = self.path.read_text() if self.path.exists() else ""
+        sections = [part for part in re.split(r"(?m)^(?=# )", existing) if part.strip()]
+        mine = self.markdown()
+        heading = mine.splitlines()[0]
+        index = next((i for i, part in enumerate(sections) if part.splitlines()[0] == heading), None)
+        if index is None:
+            sections.append(mine)
+        else:
+            sections[index] = mine
         temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(self.markdown())
+        temporary.write_text("\n".join(part.rstrip("\n") + "\n" for part in sections))
         temporary.replace(self.path)
 
 

@@ -15,11 +15,25 @@ from medgemma.errors import InputError
 from medgemma.images import create_dummy_image, load_image
 from medgemma.prompts import DEFAULT_MODE, check_mode, system_prompt_for
 from medgemma.settings import Settings
+from medgemma.structured import JsonSpec, json_spec
 
 # Aliases kept for callers of earlier MedGemma workers.
 ALIASES = {"custom_prompt": "system_prompt", "max_tokens": "max_new_tokens"}
 KNOWN_FIELDS = frozenset(
-    {"text", "image", "images", "mode", "system_prompt", "max_new_tokens", "temperature", "top_p", "seed", "stream"}
+    {
+        "text",
+        "image",
+        "images",
+        "mode",
+        "system_prompt",
+        "max_new_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "stream",
+        "format",
+        "json_schema",
+    }
 )
 MAX_TEMPERATURE = 2.0
 MAX_SEED = 2**32 - 1
@@ -51,6 +65,9 @@ class GenerationRequest:
     seed: int | None = None
     stream: bool = False
     job_id: str = "-"
+    #: The JSON object the answer must be (``format``/``json_schema``); None: free text. Not part of
+    #: the sampling key: constrained and free jobs batch together, each row with its own grammar.
+    structured: JsonSpec | None = None
 
     @property
     def sampling_key(self) -> SamplingKey:
@@ -90,6 +107,7 @@ def parse_job_input(raw: object, settings: Settings, job_id: str = "-", vision: 
         raise InputError("system_prompt", "must not be empty when given")
     if override is not None and len(override) > settings.max_input_chars:
         raise InputError("system_prompt", f"is over the limit of {settings.max_input_chars} characters")
+    structured = json_spec(_typed(data, "format", str, default=None), data.get("json_schema"), mode)
 
     if not vision and (data.get("image") is not None or data.get("images")):  # before any image is fetched
         raise InputError("image" if data.get("image") is not None else "images", TEXT_ONLY_PROBLEM)
@@ -111,7 +129,7 @@ def parse_job_input(raw: object, settings: Settings, job_id: str = "-", vision: 
 
     return GenerationRequest(
         text=text,
-        system_prompt=system_prompt_for(mode, override),
+        system_prompt=system_prompt_for(mode, override, structured.instruction if structured else None),
         mode=mode,
         images=images,
         used_dummy_image=used_dummy,
@@ -121,6 +139,7 @@ def parse_job_input(raw: object, settings: Settings, job_id: str = "-", vision: 
         seed=seed,
         stream=_typed(data, "stream", bool, default=False),
         job_id=job_id,
+        structured=structured,
     )
 
 

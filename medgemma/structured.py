@@ -311,7 +311,7 @@ class _Walker:
 
 INCOMPLETE = (
     "the answer reached max_new_tokens ({limit}) before the JSON object was closed: output holds the unfinished "
-    "text and parsed is null; raise max_new_tokens"
+    "JSON text and parsed is null; raise max_new_tokens"
 )
 
 
@@ -319,7 +319,6 @@ INCOMPLETE = (
 class JsonAnswer:
     """A constrained job's result as the caller sees it."""
 
-    output: str  # the JSON text as generated
     parsed: dict[str, Any] | None  # the object; None when it is incomplete
     finish_reason: str  # "stop": complete object; "length": cut off, never a valid object
     incomplete: str | None  # why parsed is None, for the caller (None when complete)
@@ -337,11 +336,11 @@ def json_answer(text: str, finish_reason: str, max_new_tokens: int) -> JsonAnswe
     except ValueError:
         parsed = None
     if isinstance(parsed, dict):
-        return JsonAnswer(text, parsed, "stop", None)
+        return JsonAnswer(parsed, "stop", None)
     if finish_reason == "stop":
         # The grammar allows the stop token only after a complete object: this is a bug, not an answer.
         raise GenerationFailed("the constrained answer ended without a complete JSON object")
-    return JsonAnswer(text, None, "length", INCOMPLETE.format(limit=max_new_tokens))
+    return JsonAnswer(None, "length", INCOMPLETE.format(limit=max_new_tokens))
 
 
 # -- the vLLM engine -----------------------------------------------------------------

@@ -16,12 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
 from medgemma.decoding import DeltaCallback, RowDecoder, think_token_ids
 from medgemma.engines.base import Completion, ModelInfo, Prepared, check_context
 from medgemma.engines.batching import BatchEngine
+from medgemma.engines.grammar import Grammars
 from medgemma.engines.hf_loading import LoadedCheckpoint, load_checkpoint
 from medgemma.errors import GenerationFailed
 from medgemma.request import GenerationRequest, SamplingKey
@@ -74,6 +75,8 @@ class HFBackend:
         self.model.generation_config = GenerationConfig(
             eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id, bos_token_id=base.bos_token_id
         )
+        # JSON answers: one compiled grammar per schema for this worker's lifetime.
+        self.grammars = Grammars(self.tokenizer, self.model.config.get_text_config().vocab_size, self.eos_ids)
         self._lock = threading.Lock()
 
     @classmethod
@@ -108,7 +111,7 @@ class HFBackend:
         return next(self.model.parameters()).device
 
     def prepare(self, request: GenerationRequest) -> Prepared:
-        """Token ids (caller text as plain text), image pixels, and the context check."""
+        """Token ids (caller text as plain text), image pixels, the context check, and the compiled grammar."""
         started = time.perf_counter()
         prompt = self.prompts.build(request.messages())
         check_context(len(prompt.ids), request.max_new_tokens, self.info.context_length)
@@ -121,6 +124,8 @@ class HFBackend:
             features["pixel_values"] = self.processor.image_processor(prompt.images, return_tensors="pt")[
                 "pixel_values"
             ]
+        if request.structured:  # compiled here, off the generation thread; InputError if it can't be
+            features["grammar"] = self.grammars.compiled(request.structured)
         return Prepared(request, prompt, time.perf_counter() - started, features)
 
     def generate_batch(
@@ -141,12 +146,22 @@ class HFBackend:
             for callback in (on_delta or [None] * len(batch))
         ]
         streamer = _BatchStreamer(decoders)
+        grammars = [prepared.features.get("grammar") for prepared in batch]
+        # Rows without a grammar are left alone; a batch of free rows gets no processor at all.
+        processors = LogitsProcessorList(
+            [self.grammars.processor(grammars)] if any(g is not None for g in grammars) else []
+        )
         with self._lock, torch.inference_mode():
             if key.seed is not None:
                 torch.manual_seed(key.seed)
             started = time.perf_counter()
             try:
-                self.model.generate(**inputs, generation_config=self._generation_config(key), streamer=streamer)
+                self.model.generate(
+                    **inputs,
+                    generation_config=self._generation_config(key),
+                    streamer=streamer,
+                    logits_processor=processors,
+                )
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 raise GenerationFailed(
