@@ -64,7 +64,6 @@ JOBS = {
     "enums": ({"text": NOTE, "mode": "general", "json_schema": ENUMS, "max_new_tokens": BUDGET}, ENUMS),
     "nested": ({"text": NOTE, "mode": "general", "json_schema": NESTED, "max_new_tokens": BUDGET}, NESTED),
     "free": ({"text": NOTE, "max_new_tokens": BUDGET}, None),
-    "free-general": ({"text": "What is sepsis?", "mode": "general", "max_new_tokens": BUDGET}, None),
 }
 
 
@@ -131,24 +130,58 @@ def test_bad_schemas_fail_alone_and_the_worker_keeps_serving(served) -> None:
 
 
 @pytest.fixture(scope="module")
-def batching_worker(transformers_worker):
+def batching_engine(transformers_worker):
     """The session's model behind an engine that waits long enough to batch deterministically."""
-    engine = BatchEngine(transformers_worker.engine.backend, max_batch_size=8, batch_wait_seconds=1.0)
-    yield Worker(replace(transformers_worker.settings, dummy_image=False), engine)
+    engine = BatchEngine(transformers_worker.engine.backend, max_batch_size=8, batch_wait_seconds=2.0)
+    yield engine
     engine.close()
 
 
-def test_json_and_free_jobs_batch_together_with_the_answers_they_get_alone(batching_worker, served) -> None:
+def _together(worker: Worker, jobs: dict[str, dict]) -> dict[str, dict]:
+    async def gather() -> list[dict]:
+        return await asyncio.gather(*(worker.run({"id": name, "input": data}) for name, data in jobs.items()))
+
+    return dict(zip(jobs, run(gather()), strict=True))
+
+
+def _same_as_alone(batched: dict[str, dict], alone: dict[str, dict]) -> None:
+    for name, output in batched.items():
+        assert "error" not in output, (name, output)
+        assert output["batch_size"] == len(batched), output
+        assert output["output"] == alone[name]["output"], name
+        assert output["usage"] == alone[name]["usage"] and output["finish_reason"] == alone[name]["finish_reason"]
+        assert output.get("parsed") == alone[name].get("parsed")
+
+
+def test_json_and_free_jobs_batch_together_with_the_answers_they_get_alone(batching_engine, served) -> None:
     if served[0].engine.info.engine != "transformers":
         pytest.skip("compared against the transformers engine's answers alone")
+    worker = Worker(served[0].settings, batching_engine)
+    _same_as_alone(_together(worker, {name: data for name, (data, _) in JOBS.items()}), served[1])
 
-    async def together() -> list[dict]:
-        jobs = [{"id": name, "input": data} for name, (data, _) in JOBS.items()]
-        return await asyncio.gather(*(batching_worker.run(job) for job in jobs))
 
-    for name, output in zip(JOBS, run(together()), strict=True):
-        alone = served[1][name]
-        assert output["batch_size"] == len(JOBS), output
-        assert output["output"] == alone["output"], name
-        assert output["usage"] == alone["usage"] and output["finish_reason"] == alone["finish_reason"]
-        assert output.get("parsed") == alone.get("parsed")
+NOTE_2 = "SYNTHETIC. Cough for three days. Temperature 38.1 C. Chest clear. Paracetamol as needed."
+#: Four JSON and four free jobs with different prompts (so rows are padded differently), as bench.structured
+#: batches them; the worker's default dummy image is on, so every row carries an image.
+MIXED = {
+    "summary": {"text": NOTE, "format": "json"},
+    "summary-2": {"text": NOTE_2, "format": "json"},
+    "enums": {"text": NOTE_2, "json_schema": ENUMS},
+    "nested": {"text": NOTE, "mode": "general", "json_schema": NESTED},
+    "free": {"text": NOTE},
+    "free-2": {"text": NOTE_2},
+    "free-general": {"text": "What is sepsis?", "mode": "general"},
+    "free-system": {"text": NOTE_2, "system_prompt": "Answer in one line."},
+}
+
+
+def test_a_batch_of_four_json_and_four_free_jobs_with_images_matches_each_job_alone(
+    transformers_worker, batching_engine, served
+) -> None:
+    jobs = {name: {**data, "max_new_tokens": BUDGET} for name, data in MIXED.items()}
+    assert transformers_worker.settings.dummy_image
+    alone = {name: run(transformers_worker.run({"id": name, "input": data})) for name, data in jobs.items()}
+    for name, output in alone.items():
+        assert "error" not in output, (name, output)
+        assert ("parsed" in output) == (name in ("summary", "summary-2", "enums", "nested")), name
+    _same_as_alone(_together(Worker(transformers_worker.settings, batching_engine), jobs), alone)
