@@ -33,12 +33,16 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def system_prompt_for(mode: str, override: str | None = None, answer_format: str | None = None) -> str:
-    """The request's own system prompt wins over the mode's default; ``answer_format`` is appended to either.
-
-    ``answer_format`` tells the model the JSON it must write (the grammar enforces it; the
-    model writes better content when it knows what it is filling in).
-    """
+def system_prompt_for(mode: str, override: str | None = None) -> str:
+    """The request's own system prompt wins over the mode's default."""
     check_mode(mode)
-    prompt = override if override else SYSTEM_PROMPTS[mode]
-    return f"{prompt}\n\n{answer_format}" if answer_format else prompt
+    return override if override else SYSTEM_PROMPTS[mode]
+
+
+def with_answer_format(prompt: str | None, answer_format: str) -> str:
+    """The system prompt with ``answer_format`` (the JSON the answer must be) appended, or it alone.
+
+    The grammar enforces the format; the model writes better content when it knows what it
+    is filling in.
+    """
+    return f"{prompt}\n\n{answer_format}" if prompt else answer_format

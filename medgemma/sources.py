@@ -3,6 +3,7 @@
 With ``MODEL_ID`` unset the worker serves an embedded stand-in built from PyPI alone
 (``medgemma.standin``): the multimodal one for the transformers engine, its text-only twin
 for vLLM (its multimodal Gemma 3 needs torchvision, which PyPI has only for CUDA torch).
+LoRA adapters (``ADAPTERS``) are found by the same rules as ``MODEL_ID`` (``resolve_repo``).
 """
 
 from __future__ import annotations
@@ -29,5 +30,10 @@ def resolve_source(settings: Settings, text_only: bool = False) -> ModelSource:
 
         path = (standin.ensure_text_standin if text_only else standin.ensure_standin)(settings.standin_cache)
         return ModelSource(str(path), f"{STANDIN_PREFIX}{path}", local_only=True)
-    local = Path(settings.model_id).is_dir()
-    return ModelSource(settings.model_id, settings.model_id, local_only=settings.offline or local)
+    return resolve_repo(settings.model_id, settings)
+
+
+def resolve_repo(name: str, settings: Settings) -> ModelSource:
+    """Where the loaders find ``name``, a hub id or a local directory (the model's and the adapters' rule)."""
+    local = Path(name).is_dir()
+    return ModelSource(name, name, local_only=settings.offline or local)
