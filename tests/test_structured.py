@@ -94,6 +94,33 @@ def test_bad_format_fields_name_the_field(output_format, schema, field, says) ->
     assert caught.value.field == field and says in str(caught.value)
 
 
+def test_the_schema_instruction_follows_whatever_system_prompt_the_job_gets() -> None:
+    from medgemma.prompts import SYSTEM_PROMPTS
+    from medgemma.request import parse_job_input
+    from medgemma.settings import Settings
+
+    settings = Settings.from_env({"DUMMY_IMAGE": "false"})
+    instruction = summary_spec().instruction
+    text = parse_job_input({"text": "Note.", "format": "json"}, settings)
+    assert text.system_prompt == f"{SYSTEM_PROMPTS['summarize']}\n\n{instruction}"
+    own = parse_job_input({"text": "Note.", "format": "json", "system_prompt": "Be brief."}, settings)
+    assert own.system_prompt == f"Be brief.\n\n{instruction}"
+    turns = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Note."}]
+    assert parse_job_input({"messages": turns, "format": "json"}, settings).system_prompt.startswith("Be kind.\n\n")
+    bare = parse_job_input({"messages": turns[1:], "format": "json"}, settings, mode_prompts=False)
+    assert bare.system_prompt == instruction  # no system turn of its own: the instruction alone
+    assert parse_job_input({"text": "Note."}, settings).system_prompt == SYSTEM_PROMPTS["summarize"]
+
+
+def test_stop_strings_cannot_cut_a_json_answer() -> None:
+    from medgemma.request import STOP_WITH_JSON_PROBLEM, parse_job_input
+    from medgemma.settings import Settings
+
+    with pytest.raises(InputError) as caught:
+        parse_job_input({"text": "Note.", "json_schema": NESTED, "stop": ["}"]}, Settings.from_env({}))
+    assert caught.value.field == "stop" and STOP_WITH_JSON_PROBLEM in str(caught.value)
+
+
 def test_the_built_in_summary_lists_the_four_sections_and_not_documented() -> None:
     assert list(SUMMARY_SCHEMA["properties"]) == [*SUMMARY_SECTIONS, "not_documented"]
     assert set(SUMMARY_SCHEMA["required"]) == set(SUMMARY_SCHEMA["properties"])
