@@ -17,6 +17,7 @@ import datetime
 import importlib.metadata
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -163,6 +164,9 @@ class Report:
     started: float = field(default_factory=time.perf_counter)
     date: str = field(default_factory=lambda: datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"))
     machine: list[str] = field(default_factory=list)
+    #: Set, the table is one named block of ``path`` (kept apart from the file's other tables:
+    #: bench/RESULTS.md holds the CPU benchmark's and the engines' side by side); unset, the file's main table.
+    block: str | None = None
 
     def __post_init__(self) -> None:
         if not self.machine:
@@ -203,10 +207,22 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def write(self) -> None:
+        """Rewrite this report's table in ``path``, leaving the other reports' blocks there as they were."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        old = self.path.read_text() if self.path.is_file() else ""
+        blocks = {match.group(1): match.group(0) for match in _BLOCK.finditer(old)}
+        main = _BLOCK.sub("", old).strip()
+        if self.block is None:
+            main = self.markdown().strip()
+        else:
+            blocks[self.block] = f"<!-- report:{self.block} -->\n\n{self.markdown()}\n<!-- /report:{self.block} -->"
         temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(self.markdown())
+        temporary.write_text("\n\n".join(filter(None, [main, *blocks.values()])) + "\n")
         temporary.replace(self.path)
+
+
+#: One named report's block in a results file (see ``Report.block``).
+_BLOCK = re.compile(r"<!-- report:([\w-]+) -->\n.*?<!-- /report:\1 -->", re.DOTALL)
 
 
 def speedup(slow: Sample, fast: Sample) -> float:
