@@ -203,7 +203,7 @@ class Worker:
 
 
 class NativeDialect:
-    """This worker's own job format (README, Jobs)."""
+    """This worker's own job format (docs/worker.md, Jobs)."""
 
     def parse(self, worker: Worker, job: dict[str, Any]) -> GenerationRequest:
         return worker.validate(job)
