@@ -17,7 +17,7 @@ ARG PREQUANTIZE=false
 FROM nvidia/cuda:13.0.2-base-ubuntu24.04 AS worker
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH

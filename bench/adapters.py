@@ -251,17 +251,6 @@ def _rate(seconds: Sample) -> str:
     return f"{rates.show(3)} ({seconds.show()} per 4 jobs)"
 
 
-def splice_block(document: str, name: str, content: str) -> str:
-    """``document`` with the block ``name`` (between its begin/end comments) replaced by ``content``, or appended."""
-    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
-    block = f"{begin}\n{content.rstrip()}\n{end}\n"
-    if begin in document and end in document:
-        head, rest = document.split(begin, 1)
-        tail = rest.split(end, 1)[1].lstrip("\n")
-        return head + block + ("\n" + tail if tail.strip() else "")
-    return (document.rstrip() + "\n\n" if document.strip() else "") + block
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out = Path(args.out)
@@ -269,10 +258,8 @@ def main(argv: list[str] | None = None) -> None:
         title="MedGemma worker benchmark: LoRA adapters, transformers engine, CPU, embedded stand-in",
         command=command_line("bench.adapters"),
         path=out,
+        block=BLOCK,
     )
-
-    def write() -> None:
-        out.write_text(splice_block(out.read_text() if out.is_file() else "", BLOCK, report.markdown()))
 
     with tempfile.TemporaryDirectory(prefix="bench-adapters-") as workdir:
         bench = Bench(args, Path(workdir), report)
@@ -293,13 +280,13 @@ def main(argv: list[str] | None = None) -> None:
                 section()
             except Exception as error:  # a broken section is a row, the rest still matters
                 report.failed(name, error)
-            write()
+            report.write()
         if args.quantized:
             try:
                 bench.quantized()
             except Exception as error:
                 report.failed("nf4", error)
-            write()
+            report.write()
     print(out.read_text().split(f"<!-- begin {BLOCK} -->")[1].split(f"<!-- end {BLOCK} -->")[0])
 
 

@@ -207,22 +207,35 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def write(self) -> None:
-        """Rewrite this report's table in ``path``, leaving the other reports' blocks there as they were."""
+        """Rewrite this report's part of ``path``: its named block, or (no block) the text outside every block.
+
+        Several benchmarks share one results file, each in its own block, so a run rewrites only its own.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         old = self.path.read_text() if self.path.is_file() else ""
-        blocks = {match.group(1): match.group(0) for match in _BLOCK.finditer(old)}
-        main = _BLOCK.sub("", old).strip()
         if self.block is None:
-            main = self.markdown().strip()
+            blocks = "\n".join(match.group(0).rstrip() for match in _BLOCK.finditer(old))
+            text = self.markdown().rstrip() + "\n" + (f"\n{blocks}\n" if blocks else "")
         else:
-            blocks[self.block] = f"<!-- report:{self.block} -->\n\n{self.markdown()}\n<!-- /report:{self.block} -->"
+            text = splice_block(old, self.block, self.markdown())
         temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text("\n\n".join(filter(None, [main, *blocks.values()])) + "\n")
+        temporary.write_text(text)
         temporary.replace(self.path)
 
 
 #: One named report's block in a results file (see ``Report.block``).
-_BLOCK = re.compile(r"<!-- report:([\w-]+) -->\n.*?<!-- /report:\1 -->", re.DOTALL)
+_BLOCK = re.compile(r"<!-- begin (\S+) -->\n.*?<!-- end \1 -->", re.DOTALL)
+
+
+def splice_block(document: str, name: str, content: str) -> str:
+    """``document`` with the block ``name`` (between its begin/end comments) replaced by ``content``, or appended."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    block = f"{begin}\n{content.rstrip()}\n{end}\n"
+    if begin in document and end in document:
+        head, rest = document.split(begin, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
+        return head + block + ("\n" + tail if tail.strip() else "")
+    return (document.rstrip() + "\n\n" if document.strip() else "") + block
 
 
 def speedup(slow: Sample, fast: Sample) -> float:

@@ -65,7 +65,7 @@ def run_parent(args: argparse.Namespace) -> None:
         "Engines side by side: transformers vs vLLM on the stand-in (CPU)",
         command_line("bench.engines"),
         Path(args.out),
-        block="engines",
+        block="bench.engines",
     )
     documents, source = load_documents(args.docs, args.doc_chars)
     mixed = parse_mixed(args.mixed)

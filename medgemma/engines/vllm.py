@@ -27,6 +27,7 @@ import importlib.util
 import itertools
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -41,11 +42,12 @@ from typing import Any
 import vllm
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 from vllm import SamplingParams, TokensPrompt
+from vllm.config import StructuredOutputsConfig
 from vllm.config.logging import LoggingConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.lora.request import LoRARequest
 from vllm.renderers.inputs.preprocess import parse_model_prompt
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
@@ -53,6 +55,7 @@ from medgemma import provenance
 from medgemma.adapters import Adapter
 from medgemma.decoding import DeltaCallback, RowDecoder, think_token_ids
 from medgemma.engines.base import Completion, EngineResult, ModelInfo, Prepared, check_context, stream_deltas
+from medgemma.engines.grammar import check_grammar
 from medgemma.errors import (
     GenerationFailed,
     HostError,
@@ -65,6 +68,7 @@ from medgemma.model_access import model_access_errors
 from medgemma.request import GenerationRequest, SamplingKey
 from medgemma.settings import Settings
 from medgemma.sources import ModelSource
+from medgemma.structured import VLLM_STRUCTURED_OUTPUTS, JsonSpec, vllm_params
 from medgemma.tokens import ImageSequence, PromptBuilder
 
 log = logging.getLogger(__name__)
@@ -106,6 +110,8 @@ def start(settings: Settings, source: ModelSource) -> VllmEngine:
     dtype = settings.dtype or ("float32" if device == "cpu" else "bfloat16")
     kwargs = engine_kwargs(settings, source, device, dtype, None if saved_quantization else quantization, vision)
 
+    # llguidance's own log (vLLM's default level 1) may quote a schema or generated text.
+    os.environ.setdefault("LLGUIDANCE_LOG_LEVEL", "0")
     loop = _EngineLoop()
     capture = _ErrorCapture()
     try:
@@ -161,6 +167,8 @@ def engine_kwargs(
         limit_mm_per_prompt={"image": settings.max_images} if vision else None,
         # Per-request stats give each job its queue time; vLLM logs only aggregate throughput.
         disable_log_stats=False,
+        # JSON jobs: llguidance, the transformers engine's grammar library, with its compact JSON.
+        structured_outputs_config=StructuredOutputsConfig(**VLLM_STRUCTURED_OUTPUTS),
         **lora_kwargs(settings, device),
     )
 
@@ -344,6 +352,8 @@ class VllmEngine:
         messages = request.messages()
         prompt = self.prompts.build(messages)
         check_context(len(prompt.ids), request.max_new_tokens, self.info.context_length, request.input_field)
+        if request.structured:  # vLLM compiles it in its engine process; a bad one is refused here, by field
+            check_grammar(request.structured)
         features: dict[str, Any] = TokensPrompt(prompt_token_ids=prompt.ids)
         if prompt.images and self._vllm_prompts is not None:
             features = TokensPrompt(
@@ -388,8 +398,8 @@ class VllmEngine:
 
     # -- on the engine's loop ----------------------------------------------------
 
-    def sampling_params(self, key: SamplingKey) -> SamplingParams:
-        """Greedy is plain argmax; sampling takes the checkpoint's top_k and top_p defaults."""
+    def sampling_params(self, key: SamplingKey, structured: JsonSpec | None = None) -> SamplingParams:
+        """Greedy is plain argmax; sampling takes the checkpoint's top_k and top_p defaults; a JSON job its grammar."""
         sampling: dict[str, Any] = (
             {
                 "temperature": key.temperature,
@@ -405,13 +415,14 @@ class VllmEngine:
             stop_token_ids=self.stop_ids,
             detokenize=False,  # medgemma.decoding decodes (and strips thinking) from the ids
             output_kind=RequestOutputKind.DELTA,
+            structured_outputs=StructuredOutputsParams(**vllm_params(structured)) if structured else None,
             **sampling,
             **(self.sampling_hook(key) if self.sampling_hook else {}),
         )
 
     async def _generate(self, prepared: Prepared, on_delta: DeltaCallback | None) -> EngineResult:
         decoder = RowDecoder(self.tokenizer, self.stop_ids, self.think_ids, on_delta, prepared.request.stop)
-        params = self.sampling_params(prepared.request.sampling_key)
+        params = self.sampling_params(prepared.request.sampling_key, prepared.request.structured)
         submitted = time.perf_counter()
         first_token_at: float | None = None
         batch_size, queue_seconds = 1, 0.0
