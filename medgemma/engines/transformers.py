@@ -23,9 +23,10 @@ from medgemma.decoding import DeltaCallback, RowDecoder, think_token_ids
 from medgemma.engines.base import Completion, ModelInfo, Prepared, check_context
 from medgemma.engines.batching import BatchEngine
 from medgemma.engines.hf_loading import LoadedCheckpoint, load_checkpoint
+from medgemma.engines.memory import KVCacheShape, system_memory, usable_bytes
 from medgemma.errors import GenerationFailed
 from medgemma.request import GenerationRequest, SamplingKey
-from medgemma.settings import Settings
+from medgemma.settings import DEFAULT_GPU_MEMORY_UTILIZATION, Settings
 from medgemma.sources import ModelSource
 from medgemma.tokens import ImageSequence, PromptBuilder
 
@@ -49,10 +50,19 @@ class HFBackend:
     generate exactly its max_new_tokens, so compared paths do the same work).
     """
 
-    def __init__(self, processor: Any, model: torch.nn.Module, info: ModelInfo, static_cache: bool = False):
+    def __init__(
+        self,
+        processor: Any,
+        model: torch.nn.Module,
+        info: ModelInfo,
+        static_cache: bool = False,
+        memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
+    ):
         self.processor = processor
         self.model = model
         self.info = info
+        self.kv_shape = KVCacheShape.from_text_config(model.config.get_text_config().to_dict(), info.dtype)
+        self.memory_utilization = memory_utilization
         self.tokenizer = processor.tokenizer
         self.static_cache = static_cache
         self.generation_hook: Callable[[SamplingKey], dict[str, Any]] | None = None
@@ -101,11 +111,26 @@ class HFBackend:
             checkpoint.model,
             info,
             static_cache=settings.static_cache and runtime.device == "cuda",
+            memory_utilization=settings.gpu_memory_utilization,
         )
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def kv_cache_bytes(self, prompt_tokens: list[int], max_new_tokens: int) -> int:
+        return self.kv_shape.batch_bytes(prompt_tokens, max_new_tokens)
+
+    def memory_budget(self) -> int | None:
+        """CUDA: free memory (what torch's allocator holds unused counts as free) less the
+        GPU_MEMORY_UTILIZATION reserve; CPU: available RAM less the same share of the total."""
+        device = self.device
+        if device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(device)
+            unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+            return usable_bytes(free + unused, total, self.memory_utilization)
+        ram = system_memory()
+        return None if ram is None else usable_bytes(*ram, self.memory_utilization)
 
     def prepare(self, request: GenerationRequest) -> Prepared:
         """Token ids (caller text as plain text), image pixels, and the context check."""

@@ -1,0 +1,82 @@
+"""How much memory a batch's KV cache needs, and how much the device can give it.
+
+The batching engine asks before it forms a batch, so a batch that would not fit is split
+instead of running out of memory half-way. Nothing here imports torch: the sums use the
+model's config, and the free-memory figure is handed in by the backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BYTES_PER_VALUE = {"float32": 4, "bfloat16": 2, "float16": 2}
+SLIDING = "sliding_attention"
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class KVCacheShape:
+    """The per-token KV-cache geometry of a decoder, read from its (text) config."""
+
+    full_layers: int
+    sliding_layers: int
+    sliding_window: int  # tokens a sliding layer keeps once decoding (0: no sliding layers)
+    kv_heads: int
+    head_dim: int
+    bytes_per_value: int
+
+    @classmethod
+    def from_text_config(cls, config: Mapping[str, Any], dtype: str) -> KVCacheShape:
+        """``config``: a text config as a dict (``model.config.get_text_config().to_dict()``)."""
+        layers = int(config["num_hidden_layers"])
+        types = list(config.get("layer_types") or ["full_attention"] * layers)
+        window = config.get("sliding_window") or 0
+        sliding = sum(kind == SLIDING for kind in types) if window else 0
+        heads = int(config["num_attention_heads"])
+        return cls(
+            full_layers=layers - sliding,
+            sliding_layers=sliding,
+            sliding_window=int(window),
+            kv_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=int(config.get("head_dim") or config["hidden_size"] // heads),
+            bytes_per_value=BYTES_PER_VALUE[dtype],
+        )
+
+    def batch_bytes(self, prompt_tokens: Sequence[int], max_new_tokens: int) -> int:
+        """The most the KV cache of one ``generate`` over these rows holds at any moment.
+
+        Rows are left-padded to the longest, so every row costs the longest prompt. Two
+        moments compete for the peak. Right after the prefill every layer holds the whole
+        padded prompt: transformers' sliding-window layer only trims to its window at the
+        first decoding step. At the end full-attention layers hold prompt + answer and
+        sliding layers their window.
+        """
+        if not prompt_tokens:
+            return 0
+        padded = max(prompt_tokens)
+        total = padded + max_new_tokens
+        after_prefill = (self.full_layers + self.sliding_layers) * padded
+        at_end = self.full_layers * total + self.sliding_layers * min(total, self.sliding_window)
+        per_layer_token = 2 * len(prompt_tokens) * self.kv_heads * self.head_dim * self.bytes_per_value  # K and V
+        return per_layer_token * max(after_prefill, at_end)
+
+
+def usable_bytes(free: int, total: int, utilization: float) -> int:
+    """What a new batch may take: free memory less the share of the total kept in reserve.
+
+    ``utilization`` is GPU_MEMORY_UTILIZATION, the share of the device the worker may fill;
+    the rest is headroom for the prefill's activations, the allocator and other processes.
+    """
+    return max(0, int(free - (1.0 - utilization) * total))
+
+
+def system_memory(meminfo: Path = Path("/proc/meminfo")) -> tuple[int, int] | None:
+    """(available, total) RAM in bytes from Linux's /proc/meminfo; None where it can't be read."""
+    try:
+        fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
+        return int(fields["MemAvailable"].split()[0]) * 1024, int(fields["MemTotal"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
