@@ -163,6 +163,8 @@ class Report:
     started: float = field(default_factory=time.perf_counter)
     date: str = field(default_factory=lambda: datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"))
     machine: list[str] = field(default_factory=list)
+    #: Set: ``write`` replaces only this report's block of ``path``, so several benchmarks share one file.
+    block: str | None = None
 
     def __post_init__(self) -> None:
         if not self.machine:
@@ -204,9 +206,23 @@ class Report:
 
     def write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = self.markdown()
+        if self.block is not None:
+            text = splice_block(self.path.read_text() if self.path.is_file() else "", self.block, text)
         temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(self.markdown())
+        temporary.write_text(text)
         temporary.replace(self.path)
+
+
+def splice_block(document: str, name: str, content: str) -> str:
+    """``document`` with the block ``name`` (between its begin/end comments) replaced by ``content``, or appended."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    block = f"{begin}\n{content.rstrip()}\n{end}\n"
+    if begin in document and end in document:
+        head, rest = document.split(begin, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
+        return head + block + ("\n" + tail if tail.strip() else "")
+    return (document.rstrip() + "\n\n" if document.strip() else "") + block
 
 
 def speedup(slow: Sample, fast: Sample) -> float:
