@@ -68,7 +68,7 @@ SERVER_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "TOKENIZERS_PARALLELISM": "false",
     "LOG_LEVEL": "WARNING",
-    "RUNPOD_LOG_LEVEL": "WARNING",
+    "RUNPOD_LOG_LEVEL": "WARN",  # the SDK spells it WARN
 }
 
 
