@@ -55,11 +55,11 @@ COPY builder/ builder/
 # kernel's packed layout); the GPU then loads the result as is.
 ARG PRELOAD_MODEL=false
 ARG PREQUANTIZE
-RUN --mount=type=secret,id=hf_token python builder/download_model.py \
+RUN --mount=type=secret,id=hf_token python -m builder.download_model \
  && rm -rf "$HF_HOME/xet" \
  && if [ "$PREQUANTIZE" = true ]; then \
         [ "$PRELOAD_MODEL" = true ] || { echo "PREQUANTIZE=true needs PRELOAD_MODEL=true: it quantizes the downloaded weights" >&2; exit 1; }; \
-        HF_HUB_OFFLINE=1 python builder/prequantize.py --output /models/medgemma-1.5-4b-it-nf4 \
+        HF_HUB_OFFLINE=1 python -m builder.prequantize --output /models/medgemma-1.5-4b-it-nf4 \
         && rm -rf "$HF_HOME/hub"; \
     fi
 

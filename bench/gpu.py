@@ -52,6 +52,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,7 +116,8 @@ VISION_SHAPES: dict[str, Any] = dict(
 MM_TOKENS = 256
 SLIDING_PATTERN = 6  # 5 local layers then 1 global
 ROPE = {"global": 1_000_000.0, "local": 10_000.0, "linear_factor": 8.0}
-# Plumbing check without a GPU (--cpu-dry-run): the same code on toy shapes.
+# Plumbing check without a GPU (--cpu-dry-run): the same code on toy shapes. Every width is
+# a multiple of 64: bitsandbytes' CPU 4-bit kernels quantize in blocks of 64 input features.
 TINY_TEXT: dict[str, Any] = {
     **TEXT_SHAPES,
     "hidden_size": 64,
@@ -127,7 +129,7 @@ TINY_TEXT: dict[str, Any] = {
 TINY_VISION: dict[str, Any] = {
     **VISION_SHAPES,
     "image_size": 56,
-    "hidden_size": 32,
+    "hidden_size": 64,
     "num_hidden_layers": 2,
     "intermediate_size": 64,
     "num_attention_heads": 2,
@@ -463,7 +465,8 @@ class Run:
             print(f"bench.gpu: {title} ...", file=sys.stderr, flush=True)
             try:
                 body()
-            except Exception as error:  # noqa: BLE001 - the rest of the table still matters
+            except Exception as error:  # the rest of the table still matters
+                traceback.print_exc()
                 self.report.failed(title, error)
                 self.device.free()
         self.report.write()

@@ -3,7 +3,7 @@
 The stand-in (what the worker serves when MODEL_ID is unset) takes ~1-2 min to build
 once, then is reused from the cache; this reports where it is and how long it took.
 
-    python builder/build_standin.py
+    python -m builder.build_standin
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for medgemma
 
 from medgemma.errors import SettingsError
 from medgemma.settings import load_settings

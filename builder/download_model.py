@@ -1,6 +1,6 @@
 """Bake MedGemma's weights into the image's Hugging Face cache at build time.
 
-The Dockerfile runs it as ``RUN --mount=type=secret,id=hf_token python builder/download_model.py``.
+The Dockerfile runs it as ``RUN --mount=type=secret,id=hf_token python -m builder.download_model``.
 With ``PRELOAD_MODEL=true`` it downloads ``MODEL_ID`` into ``HF_HOME``, so a cold start
 reads ~8.6 GB from local disk instead of from the hub; otherwise it skips, touching no
 network, and the worker downloads at its first start.
@@ -17,8 +17,6 @@ import os
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for medgemma
 
 from medgemma.errors import SettingsError
 from medgemma.settings import EnvReader, Settings

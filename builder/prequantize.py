@@ -5,8 +5,8 @@ on every cold start; a checkpoint saved already quantized is ~3 GB that loads as
 ``medgemma.engines.hf_loading.load_checkpoint`` finds the saved ``quantization_config`` and loads it as
 "nf4 (pre-quantized)", so the worker needs nothing but ``MODEL_ID=<output dir>``.
 
-    python builder/prequantize.py --output /models/medgemma-1.5-4b-it-nf4   # MODEL_ID (the stand-in when unset)
-    python builder/prequantize.py --model ./models/medgemma --output ./models/medgemma-nf4
+    python -m builder.prequantize --output /models/medgemma-1.5-4b-it-nf4   # MODEL_ID (the stand-in when unset)
+    python -m builder.prequantize --model ./models/medgemma --output ./models/medgemma-nf4
 
 The quantization is the worker's own (``medgemma.engines.hf_loading``: nf4, double quant,
 bfloat16 compute), and the weights are found where the worker finds them
@@ -31,8 +31,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for medgemma
 
 from medgemma.errors import GenerationFailed, MedGemmaError
 from medgemma.settings import Settings

@@ -44,7 +44,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$wanted" ]; then
     echo "$wanted" > "$STAMP"
 fi
 
-"$VENV/bin/python" builder/build_standin.py
+"$VENV/bin/python" -m builder.build_standin
 
 echo "setup_local: running test_input.json through the worker (python handler.py; log in $LOG)"
 quietly "$VENV/bin/python" handler.py

@@ -8,18 +8,20 @@ from .errors import (
     AuthenticationError,
     ConfigurationError,
     DeadlineExceededError,
+    IncompleteResultError,
     InvalidRequestError,
     JobCancelledError,
     JobError,
     JobFailedError,
     JobTimedOutError,
-    MedGemmaError,
+    MedGemmaClientError,
     NotFoundError,
     RateLimitError,
     ResponseFormatError,
     ServerError,
     SubmissionUncertainError,
 )
+from .inputs import chat_message
 from .jobs import Job
 from .medgemma_client import MedGemmaClient
 from .policies import PollPolicy, RetryPolicy
@@ -33,6 +35,7 @@ __all__ = [
     "AuthenticationError",
     "ConfigurationError",
     "DeadlineExceededError",
+    "IncompleteResultError",
     "InvalidRequestError",
     "Job",
     "JobCancelledError",
@@ -42,7 +45,7 @@ __all__ = [
     "JobState",
     "JobTimedOutError",
     "MedGemmaClient",
-    "MedGemmaError",
+    "MedGemmaClientError",
     "NotFoundError",
     "PollPolicy",
     "RateLimitError",
@@ -50,4 +53,5 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "SubmissionUncertainError",
+    "chat_message",
 ]

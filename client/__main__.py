@@ -1,7 +1,7 @@
-"""``python -m client``."""
+"""``python -m client`` from the checkout (``python -m medgemma_client`` where installed)."""
 
 import sys
 
 from .cli import main
 
-sys.exit(main())
+sys.exit(main(prog=f"python -m {__package__}"))

@@ -1,4 +1,5 @@
-"""Batch summarisation: every ``<source>/**/*.md`` becomes ``<out>/<same path>.md``.
+"""Batch summarisation: every ``<source>/**/*.md`` becomes ``<out>/<same path>.md``
+(or ``.json`` with ``output_format="json"``: the built-in clinical summary object).
 
 Resumable by construction: a document whose summary exists is skipped, and
 summaries are written atomically, so a batch killed at any moment can simply
@@ -22,13 +23,16 @@ from typing import TextIO
 from tqdm import tqdm
 
 from .constants import BATCH_CONCURRENCY
-from .errors import APIError, AuthenticationError, MedGemmaError
+from .errors import APIError, AuthenticationError, MedGemmaClientError
 from .inputs import InputOptions
 from .jobs import Job
 from .medgemma_client import MedGemmaClient
-from .summary_files import remove_stale_temp_files, render_summary, write_atomic
+from .summary_files import remove_stale_temp_files, render_json_summary, render_summary, write_atomic
 
 log = logging.getLogger(__name__)
+
+FORMATS = ("text", "json")  # what a summary file holds: Markdown prose, or the JSON object
+SUFFIXES = {"text": ".md", "json": ".json"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class BatchOptions:
     concurrency: int = BATCH_CONCURRENCY
     overwrite: bool = False
     use_async: bool = False
+    output_format: str = "text"  # one of FORMATS; "json" asks for format="json" unless given a json_schema
     input_options: InputOptions = field(default_factory=InputOptions)
 
 
@@ -67,15 +72,16 @@ class BatchReport:
         return ", ".join(parts)
 
 
-def find_documents(source_dir: Path, out_dir: Path) -> list[Document]:
-    """All ``*.md`` under ``source_dir`` (sorted), ignoring anything inside ``out_dir``."""
+def find_documents(source_dir: Path, out_dir: Path, suffix: str = ".md") -> list[Document]:
+    """All ``*.md`` under ``source_dir`` (sorted), ignoring anything inside ``out_dir``;
+    each one's summary is the same relative path under ``out_dir``, with ``suffix``."""
     source_root, out_root = source_dir.resolve(), out_dir.resolve()
     documents = []
     for source in sorted(source_root.rglob("*.md")):
         if not source.is_file() or source.is_relative_to(out_root):
             continue
         relative = source.relative_to(source_root)
-        documents.append(Document(relative.as_posix(), source, out_root / relative))
+        documents.append(Document(relative.as_posix(), source, out_root / relative.with_suffix(suffix)))
     return documents
 
 
@@ -115,7 +121,7 @@ class BatchRun:
         if stale:
             log.info("removed %d temp files left by an interrupted run", stale)
         todo = []
-        for document in find_documents(self.source_dir, self.out_dir):
+        for document in find_documents(self.source_dir, self.out_dir, SUFFIXES[self.options.output_format]):
             if document.output.exists() and not self.options.overwrite:
                 self.report.skipped.append(document.id)
             else:
@@ -187,16 +193,14 @@ class BatchRun:
             return f"cannot read it: {exc.strerror or exc}"
         if not text.strip():
             return "empty file, nothing to summarise (not sent)"
+        options = self.options.input_options
+        if self.options.output_format == "json" and not {"format", "json_schema"} & options.keys():
+            options = {**options, "format": "json"}
         try:
             with self._lock:
                 self._submitting += 1
             try:
-                job = client.run(
-                    text,
-                    sync=not self.options.use_async,
-                    label=document.id,
-                    **self.options.input_options,
-                )
+                job = client.run(text, sync=not self.options.use_async, label=document.id, **options)
             finally:
                 with self._lock:
                     self._submitting -= 1
@@ -207,11 +211,14 @@ class BatchRun:
             finally:
                 with self._lock:
                     self._in_flight.discard(job)
-            write_atomic(document.output, render_summary(result, document.id))
+            if self.options.output_format == "json":
+                write_atomic(document.output, render_json_summary(result, document.id))
+            else:
+                write_atomic(document.output, render_summary(result, document.id))
         except AuthenticationError as exc:
             self._abort(str(exc))
             return str(exc)
-        except MedGemmaError as exc:
+        except MedGemmaClientError as exc:
             return str(exc)
         except OSError as exc:
             return f"cannot write the summary: {exc.strerror or exc}"
@@ -234,7 +241,7 @@ class BatchRun:
         for job in jobs:
             try:
                 cancelled += job.cancel()
-            except MedGemmaError as exc:
+            except MedGemmaClientError as exc:
                 self._say(f"could not cancel job {job.id} ({job.label}): {exc}")
         message = f"interrupted: cancelled {cancelled} running job(s)"
         if submitting:

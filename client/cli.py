@@ -1,4 +1,4 @@
-"""``python -m client``: summarise one document, or a whole directory of them.
+"""``medgemma-client`` (or ``python -m client`` in the checkout): summarise one document, or a whole directory of them.
 
 Answers go to stdout; progress, warnings and errors go to stderr, so the
 output can be piped. Expected failures end as one ``error:`` line and an exit
@@ -13,10 +13,10 @@ import logging
 import sys
 from pathlib import Path
 
-from .batch import BatchOptions, BatchRun
-from .constants import BATCH_CONCURRENCY, WAIT_TIMEOUT_S
-from .errors import AuthenticationError, ConfigurationError, InvalidRequestError, MedGemmaError
-from .inputs import InputOptions
+from .batch import FORMATS, BatchOptions, BatchRun
+from .constants import BATCH_CONCURRENCY, MAX_ERROR_LINE_CHARS, WAIT_TIMEOUT_S
+from .errors import AuthenticationError, ConfigurationError, InvalidRequestError, MedGemmaClientError, one_line
+from .inputs import InputOptions, chat_message
 from .jobs import Job
 from .medgemma_client import MedGemmaClient
 from .results import JobResult
@@ -27,11 +27,10 @@ EXIT_FAILURE = 1  # the job failed, the API could not be reached, or some batch 
 EXIT_USAGE = 2  # bad arguments, unreadable input, missing or rejected credentials
 EXIT_INTERRUPTED = 130  # Ctrl-C; the remote job was cancelled where possible
 
-MAX_ERROR_LINE_CHARS = 500
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, *, prog: str = "medgemma-client") -> int:
+    """The ``medgemma-client`` console script; ``python -m client`` passes its own ``prog``."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     _check_combinations(parser, args)
     _configure_logging(args.verbose)
@@ -42,11 +41,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.health:
                 print(json.dumps(client.health(), indent=2))
                 return EXIT_OK
+            if args.chat:
+                return _run_chat(args, client)
             return _run_one(args, client)
     except (ConfigurationError, InvalidRequestError, AuthenticationError) as exc:
         _error(exc)
         return EXIT_USAGE
-    except MedGemmaError as exc:
+    except MedGemmaClientError as exc:
         _error(exc)
         return EXIT_FAILURE
     except KeyboardInterrupt:
@@ -54,28 +55,48 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "medgemma-client") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m client",
+        prog=prog,
         description="Summarise clinical notes with the MedGemma RunPod worker.",
         epilog="Settings: RUNPOD_API_KEY, RUNPOD_ENDPOINT_ID, RUNPOD_BASE_URL (environment or .env). "
         f"Exit codes: {EXIT_OK} ok, {EXIT_FAILURE} job or batch failure, "
         f"{EXIT_USAGE} usage or configuration error, {EXIT_INTERRUPTED} interrupted.",
     )
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--text", help="the note text")
     source.add_argument("--file", type=Path, help="read the note from this UTF-8 file")
     source.add_argument("--batch", type=Path, metavar="DIR", help="summarise every DIR/**/*.md")
     source.add_argument("--health", action="store_true", help="print the endpoint's health")
+    parser.add_argument(
+        "--chat",
+        action="store_true",
+        help="a conversation: --text/--file (or the first line of stdin) opens it, "
+        "then each further line of stdin is the next turn, until end of input",
+    )
 
     job = parser.add_argument_group("job options")
     job.add_argument(
-        "--image", type=Path, action="append", default=[], metavar="PATH", help="attach an image file (repeatable)"
+        "--image",
+        action="append",
+        default=[],
+        metavar="PATH_OR_URL",
+        help="attach an image file, or an https:// URL the worker fetches (repeatable)",
     )
     job.add_argument("--mode", choices=("summarize", "general"), help="worker mode (worker default: summarize)")
     job.add_argument("--system-prompt", metavar="TEXT", help="replace the worker's system prompt")
     job.add_argument("--max-tokens", type=_positive_int, metavar="N", help="maximum new tokens")
     job.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
+    job.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help="text: the answer as prose (batch: .md files); json: the built-in clinical summary "
+        "object, decoded to always fit its schema (batch: .json files); summarize mode only",
+    )
+    job.add_argument(
+        "--adapter", metavar="NAME", help="answer with this LoRA adapter of the worker (default: the base model)"
+    )
     job.add_argument(
         "--async", dest="use_async", action="store_true", help="submit with /run and poll /status instead of /runsync"
     )
@@ -114,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not (args.text is not None or args.file or args.batch or args.health or args.chat):
+        parser.error("one of the arguments --text --file --batch --health --chat is required")
+    if args.chat:
+        for flag, used in (("--batch", args.batch), ("--health", args.health), ("--json", args.json)):
+            if used:
+                parser.error(f"{flag} cannot be used with --chat")
+        if args.format == "json":
+            parser.error("--format json cannot be used with --chat")
     if args.batch:
         for flag, used in (("--image", args.image), ("--stream", args.stream), ("--json", args.json)):
             if used:
@@ -131,19 +160,76 @@ def _run_one(args: argparse.Namespace, client: MedGemmaClient) -> int:
     options = _input_options(args)
     if args.image:
         options["images"] = args.image
+    result = _answer(args, client, label, text=text, options=options)
+    if result is None:
+        return EXIT_INTERRUPTED
+    if args.format == "json":
+        parsed = result.json_object()  # raises when the object was cut off
+        if not args.json and not args.stream:
+            print(json.dumps(parsed, indent=2, ensure_ascii=False))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    elif not args.stream and args.format == "text":
+        print(result.text)
+    return EXIT_OK
+
+
+def _run_chat(args: argparse.Namespace, client: MedGemmaClient) -> int:
+    """One job per turn, each sent with the whole conversation so far."""
+    first, label = _read_input(args) if args.text is not None or args.file else (_next_turn(), None)
+    messages: list[dict[str, object]] = []
+    images = args.image
+    turn = first
+    while turn is not None:
+        messages.append(chat_message("user", turn, images))
+        images = []
+        result = _answer(args, client, label, messages=messages, options=_input_options(args))
+        if result is None:
+            return EXIT_INTERRUPTED
+        if not args.stream:
+            print(result.text, flush=True)
+        messages.append(chat_message("assistant", result.text))
+        turn = _next_turn()
+    return EXIT_OK
+
+
+def _next_turn() -> str | None:
+    """The next non-empty line of stdin (a prompt on stderr when a person types), or None at its end."""
+    while True:
+        if sys.stdin.isatty():
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return None
+        if line.strip():
+            return line.rstrip("\n")
+
+
+def _answer(
+    args: argparse.Namespace,
+    client: MedGemmaClient,
+    label: str | None,
+    *,
+    options: InputOptions,
+    text: str | None = None,
+    messages: list[dict[str, object]] | None = None,
+) -> JobResult | None:
+    """Submit one job and wait for it (printing it as it streams); None after Ctrl-C, with the job cancelled."""
+    if messages is not None:
+        options["messages"] = messages
     job: Job | None = None
     try:
         if args.stream:
-            job = client.run(text, stream=True, label=label, **options)
+            options["stream"] = True
+            job = client.run(text, label=label, **options)
             print(f"job {job.id} submitted", file=sys.stderr)
             for piece in job.stream(cancel_on_timeout=True):
                 if not args.json:
                     sys.stdout.write(piece)
                     sys.stdout.flush()
-            assert job.result is not None
-            result: JobResult = job.result
             if not args.json:
                 sys.stdout.write("\n")
+            result = job.result
         else:
             job = client.run(text, sync=not args.use_async, label=label, **options)
             if args.use_async:
@@ -151,18 +237,12 @@ def _run_one(args: argparse.Namespace, client: MedGemmaClient) -> int:
             result = job.wait(cancel_on_timeout=True)
     except KeyboardInterrupt:
         _cancel_after_interrupt(job)
-        return EXIT_INTERRUPTED
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
-    elif not args.stream:
-        print(result.text)
+        return None
+    assert result is not None  # stream() sets job.result when it ends without raising
     logging.getLogger(__name__).info(
-        "job %s done: %s prompt + %s completion tokens",
-        result.job_id,
-        result.prompt_tokens,
-        result.completion_tokens,
+        "job %s done: %s prompt + %s completion tokens", result.job_id, result.prompt_tokens, result.completion_tokens
     )
-    return EXIT_OK
+    return result
 
 
 def _run_batch(args: argparse.Namespace) -> int:
@@ -170,6 +250,7 @@ def _run_batch(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         overwrite=args.overwrite,
         use_async=args.use_async,
+        output_format=args.format,
         input_options=_input_options(args),
     )
     batch = BatchRun(args.batch, args.out, options)
@@ -210,6 +291,10 @@ def _input_options(args: argparse.Namespace) -> InputOptions:
         options["max_new_tokens"] = args.max_tokens
     if args.temperature is not None:
         options["temperature"] = args.temperature
+    if args.format == "json":
+        options["format"] = "json"
+    if args.adapter:
+        options["adapter"] = args.adapter
     return options
 
 
@@ -219,7 +304,7 @@ def _cancel_after_interrupt(job: Job | None) -> None:
         return
     try:
         cancelled = job.cancel()
-    except MedGemmaError as exc:
+    except MedGemmaClientError as exc:
         print(f"interrupted; could not cancel job {job.id}: {exc}", file=sys.stderr)
         return
     outcome = "cancelled" if cancelled else "could not cancel (already finished, or a local worker)"
@@ -235,10 +320,7 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def _error(exc: BaseException) -> None:
-    message = " ".join(str(exc).split())
-    if len(message) > MAX_ERROR_LINE_CHARS:
-        message = message[: MAX_ERROR_LINE_CHARS - 1] + "…"
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {one_line(str(exc), MAX_ERROR_LINE_CHARS)}", file=sys.stderr)
 
 
 def _positive_int(value: str) -> int:

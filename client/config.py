@@ -55,6 +55,7 @@ def resolve_config(
     def pick(argument: str | None, name: str) -> str | None:
         # The first source that sets the name decides, even to "": an exported empty
         # variable (or an empty argument) switches a .env value off.
+        value: str | None
         if argument is not None:
             value = argument
         elif name in os.environ:

@@ -48,6 +48,8 @@ HTTP_POOL_SIZE = 16
 
 # Longest error text copied from an HTTP error body into an exception message.
 MAX_ERROR_MESSAGE_CHARS = 300
+# Longest ``error:`` line the CLI prints.
+MAX_ERROR_LINE_CHARS = 500
 
 # Batch: documents processed at once (threads; each holds one HTTP request or poll loop).
 BATCH_CONCURRENCY = 4

@@ -9,22 +9,29 @@ from __future__ import annotations
 import json
 
 
-class MedGemmaError(Exception):
-    """Base class of every error raised by this package."""
+class MedGemmaClientError(Exception):
+    """Base class of every error raised by this package (the worker's own errors are
+    ``medgemma.errors.MedGemmaError``; they reach a client as a job's error text)."""
 
 
-class ConfigurationError(MedGemmaError):
+def one_line(text: str, limit: int) -> str:
+    """``text`` on one line, cut to ``limit`` characters: for messages and the CLI's error line."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class ConfigurationError(MedGemmaClientError):
     """Credentials or endpoint settings are missing or inconsistent."""
 
 
-class InvalidRequestError(MedGemmaError):
+class InvalidRequestError(MedGemmaClientError):
     """The job request is unusable before anything is sent (empty, too large)."""
 
 
 # --------------------------------------------------------------------- transport
 
 
-class APIError(MedGemmaError):
+class APIError(MedGemmaClientError):
     """Talking to the RunPod API failed."""
 
 
@@ -90,7 +97,7 @@ def _error_summary(error: str) -> str:
     return error
 
 
-class JobError(MedGemmaError):
+class JobError(MedGemmaClientError):
     """A job reached a terminal state other than COMPLETED."""
 
     status = "FAILED"
@@ -120,7 +127,19 @@ class JobTimedOutError(JobError):
     status = "TIMED_OUT"
 
 
-class DeadlineExceededError(MedGemmaError):
+class IncompleteResultError(MedGemmaClientError):
+    """A JSON job ended before its object was closed (``finish_reason`` "length"): no object to use."""
+
+    def __init__(self, job_id: str | None, finish_reason: str | None) -> None:
+        self.job_id = job_id
+        self.finish_reason = finish_reason
+        super().__init__(
+            f"job {job_id}: the JSON object is incomplete (finish_reason {finish_reason}); "
+            "allow more tokens (max_new_tokens, --max-tokens)"
+        )
+
+
+class DeadlineExceededError(MedGemmaClientError):
     """We stopped waiting; the job itself may still be running remotely."""
 
     def __init__(self, job_id: str | None, waited_s: float) -> None:

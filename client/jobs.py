@@ -1,14 +1,18 @@
-"""A handle on one submitted job: poll it, wait for it, stream it, cancel it."""
+"""A handle on one submitted job: poll it, wait for it, stream it, cancel it.
+
+A ``Job`` needs only the transport (which knows how the server it talks to polls and
+cancels) and the waiting policy, so it can be made without a ``MedGemmaClient``.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
-from .constants import CANCEL_TIMEOUT_S
-from .errors import APIStatusError, APITimeoutError, DeadlineExceededError, ResponseFormatError
+from .errors import APITimeoutError, DeadlineExceededError, ResponseFormatError
+from .policies import PollPolicy
 from .results import (
     CANCELLED,
     COMPLETED,
@@ -18,9 +22,7 @@ from .results import (
     raise_for_failure,
     result_from_state,
 )
-
-if TYPE_CHECKING:
-    from .medgemma_client import MedGemmaClient
+from .transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -28,23 +30,27 @@ log = logging.getLogger(__name__)
 class Job:
     """A RunPod job. ``wait()`` or ``stream()`` produce a ``JobResult`` or raise a ``JobError``.
 
-    On a local worker (``--rp_serve_api``) the first status/stream poll runs the
-    job and blocks until it is done; the worker then forgets it, so the terminal
-    state is cached here and never polled twice.
+    The terminal state is cached and never polled again: a local worker
+    (``--rp_serve_api``) runs the job inside the first poll and then forgets it.
+    ``wait_timeout`` is the default for ``wait()`` and ``stream()``.
     """
 
     def __init__(
         self,
-        client: MedGemmaClient,
+        transport: Transport,
         job_id: str,
         *,
+        poll: PollPolicy,
+        wait_timeout: float,
         label: str | None = None,
         state: JobState | None = None,
     ) -> None:
         self.id = job_id
         self.label = label
         self.result: JobResult | None = None
-        self._client = client
+        self._transport = transport
+        self._poll = poll
+        self._wait_timeout = wait_timeout
         self._state = state
 
     def __repr__(self) -> str:
@@ -57,10 +63,10 @@ class Job:
 
     def status(self) -> JobState:
         """Poll once (on a local worker this blocks until the job has run)."""
-        return self._terminal_state() or self._record(self._request(f"status/{self.id}", None))
+        return self._terminal_state() or self._record(self._transport.poll("status", self.id, None))
 
     def wait(self, timeout: float | None = None, *, cancel_on_timeout: bool = False) -> JobResult:
-        """Poll until the job ends; ``timeout`` defaults to the client's ``wait_timeout``.
+        """Poll until the job ends; ``timeout`` defaults to ``wait_timeout``.
 
         Raises ``DeadlineExceededError`` when time runs out (the job keeps
         running unless ``cancel_on_timeout``), a ``JobError`` for FAILED /
@@ -69,10 +75,10 @@ class Job:
         if self.result is not None:
             return self.result
         timeout, deadline = self._deadline(timeout)
-        intervals = self._client.poll_policy.intervals()
+        intervals = self._poll.intervals()
         while True:
             state = self._terminal_state() or self._record(
-                self._request_until(f"status/{self.id}", deadline, timeout, cancel_on_timeout)
+                self._poll_until("status", deadline, timeout, cancel_on_timeout)
             )
             if state.terminal:
                 self.result = result_from_state(state)
@@ -87,9 +93,9 @@ class Job:
         """
         timeout, deadline = self._deadline(timeout)
         assembler = OutputAssembler(self.id)
-        intervals = self._client.poll_policy.intervals()
+        intervals = self._poll.intervals()
         while True:
-            payload = self._request_until(f"stream/{self.id}", deadline, timeout, cancel_on_timeout)
+            payload = self._poll_until("stream", deadline, timeout, cancel_on_timeout)
             state = self._record(payload)
             arrived = False
             for item in payload.get("stream") or []:
@@ -101,18 +107,18 @@ class Job:
             if state.terminal:
                 break
             if arrived:
-                intervals = self._client.poll_policy.intervals()
+                intervals = self._poll.intervals()
             self._pause(next(intervals), deadline, timeout, cancel_on_timeout)
 
-        local = self._client.local
-        if state.status != COMPLETED and not state.error and not local:
-            state = self._record(self._request(f"status/{self.id}", deadline))
+        rereadable = self._transport.remembers_jobs
+        if state.status != COMPLETED and not state.error and rereadable:
+            state = self._record(self._transport.poll("status", self.id, deadline))
         raise_for_failure(state)
         if not assembler.complete:
             # The stream lost or never carried the final item: take it from /status.
-            if local:
+            if not rereadable:
                 raise ResponseFormatError(f"job {self.id}: stream ended without a final item")
-            state = self._record(self._request(f"status/{self.id}", deadline))
+            state = self._record(self._transport.poll("status", self.id, deadline))
             full = OutputAssembler(self.id)
             full.add_output(state.output)
             if full.text.startswith(assembler.text) and len(full.text) > len(assembler.text):
@@ -121,25 +127,11 @@ class Job:
         self.result = assembler.result(state)
 
     def cancel(self) -> bool:
-        """Ask RunPod to cancel the job; False if it had ended or the server cannot cancel.
-
-        A local worker has no /cancel route (and runs a job inside the poll
-        that started it), so there it is a logged no-op.
-        """
+        """Ask RunPod to cancel the job; False if it had ended or the server cannot cancel
+        (a local worker has no /cancel, and runs a job inside the poll that started it)."""
         if self.done:
             return False
-        try:
-            payload = self._client._transport.request(
-                "POST", f"cancel/{self.id}", deadline=time.monotonic() + CANCEL_TIMEOUT_S
-            )
-        except APIStatusError as exc:
-            if self._client.local and exc.status_code in (404, 405):
-                log.debug("local worker cannot cancel job %s", self.id)
-                return False
-            raise
-        status = payload.get("status") if isinstance(payload, dict) else None
-        log.debug("cancel job %s -> %s", self.id, status)
-        return status == CANCELLED
+        return self._transport.cancel(self.id) == CANCELLED
 
     # ------------------------------------------------------------------ internals
 
@@ -152,23 +144,13 @@ class Job:
         return self._state
 
     def _deadline(self, timeout: float | None) -> tuple[float, float]:
-        timeout = self._client.wait_timeout if timeout is None else timeout
+        timeout = self._wait_timeout if timeout is None else timeout
         return timeout, time.monotonic() + timeout
 
-    def _request(self, route: str, deadline: float | None) -> Any:
-        client = self._client
-        # Local polls block while the job runs, so they get the whole wait as read time.
-        return client._transport.request(
-            "POST" if client.local else "GET",
-            route,
-            read_timeout=client.wait_timeout if client.local else None,
-            deadline=deadline,
-        )
-
-    def _request_until(self, route: str, deadline: float, timeout: float, cancel_on_timeout: bool) -> Any:
+    def _poll_until(self, route: str, deadline: float, timeout: float, cancel_on_timeout: bool) -> Any:
         """A poll whose read timeout ran into the deadline counts as the deadline."""
         try:
-            return self._request(route, deadline)
+            return self._transport.poll(route, self.id, deadline)
         except APITimeoutError as exc:
             if time.monotonic() < deadline:
                 raise

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import Any, Unpack
 
 from .config import ClientConfig, resolve_config
-from .constants import (
-    CONNECT_TIMEOUT_S,
-    MAX_RUN_PAYLOAD_BYTES,
-    MAX_RUNSYNC_PAYLOAD_BYTES,
-    READ_TIMEOUT_S,
-    RUNSYNC_MIN_WAIT_MS,
-    RUNSYNC_READ_MARGIN_S,
-    RUNSYNC_WAIT_MS,
-    WAIT_TIMEOUT_S,
-)
-from .errors import APIStatusError, InvalidRequestError
-from .inputs import InputOptions, build_job_input
+from .constants import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, WAIT_TIMEOUT_S
+from .inputs import InputOptions, JobOptions, Message, build_job_input
 from .jobs import Job
 from .policies import PollPolicy, RetryPolicy
 from .results import JobResult, JobState
@@ -61,7 +51,7 @@ class MedGemmaClient:
         self.poll_policy = poll
         self.wait_timeout = wait_timeout
         self._on_uncertain = on_uncertain_submission
-        self._transport = Transport(self.config, retry=retry, timeout=timeout)
+        self._transport = Transport(self.config, retry=retry, timeout=timeout, wait_timeout=wait_timeout)
 
     def __repr__(self) -> str:
         return f"MedGemmaClient({self.config!r})"
@@ -136,25 +126,33 @@ class MedGemmaClient:
         label: str | None = None,
         **options: Unpack[InputOptions],
     ) -> JobResult:
-        """Summarise a clinical note (``mode="summarize"``)."""
-        return self.generate(text, timeout=timeout, label=label, mode="summarize", **options)
+        """Summarise a clinical note (``mode="summarize"``, whatever ``options`` say)."""
+        options["mode"] = "summarize"
+        return self.generate(text, timeout=timeout, label=label, **options)
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        timeout: float | None = None,
+        label: str | None = None,
+        **options: Unpack[JobOptions],
+    ) -> JobResult:
+        """Answer the last turn of a conversation (the job's ``messages``, see ``chat_message``).
+
+        A system turn in ``messages`` wins over ``mode`` and ``system_prompt``. Use
+        ``run(messages=...)`` to submit one without waiting, or to stream it.
+        """
+        return self.generate(timeout=timeout, label=label, messages=messages, **options)
 
     def job(self, job_id: str, *, label: str | None = None) -> Job:
         """A handle on an existing job, e.g. one submitted earlier with ``run()``."""
-        return Job(self, job_id, label=label)
+        return self._job(job_id, label=label)
 
     def health(self) -> dict[str, Any]:
-        """RunPod's endpoint health (queue and worker counts).
-
-        A local worker has no /health route; if it answers 404/405 it is
-        reachable, and that is what is reported.
-        """
-        try:
-            return self._transport.request("GET", "health")
-        except APIStatusError as exc:
-            if self.local and exc.status_code in (404, 405):
-                return {"local": True, "reachable": True}
-            raise
+        """RunPod's endpoint health (queue and worker counts); a local worker, which has
+        no /health route, is reported as ``{"local": true, "reachable": true}``."""
+        return self._transport.health()
 
     # ------------------------------------------------------------------ internals
 
@@ -170,41 +168,22 @@ class MedGemmaClient:
         body: dict[str, Any] = {"input": job_input}
         if execution_timeout is not None:
             body["policy"] = {"executionTimeout": int(execution_timeout * 1000)}
-        size = len(json.dumps(body))
-        limit = MAX_RUNSYNC_PAYLOAD_BYTES if sync else MAX_RUN_PAYLOAD_BYTES
-        if not self.local and size > limit:
-            raise InvalidRequestError(f"request for {label or 'job'} is {size} bytes; RunPod accepts at most {limit}")
-        route, params, read_timeout = "run", None, None
-        if sync:
-            route = "runsync"
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            wait_ms = max(min(RUNSYNC_WAIT_MS, remaining_ms), RUNSYNC_MIN_WAIT_MS)
-            if self.local:
-                # The local server ignores ``wait`` and holds the request until the job ends.
-                read_timeout = self.wait_timeout
-            else:
-                params = {"wait": wait_ms}
-                read_timeout = wait_ms / 1000 + RUNSYNC_READ_MARGIN_S
         started = time.monotonic()
-        payload = self._transport.request(
-            "POST",
-            route,
-            json=body,
-            params=params,
-            read_timeout=read_timeout,
-            deadline=deadline,
-            submission=True,
-            label=label,
-            on_uncertain=self._on_uncertain,
+        payload = self._transport.submit(
+            body, sync=sync, deadline=deadline, label=label, on_uncertain=self._on_uncertain
         )
         state = JobState.from_payload(payload)
         log.debug(
-            "%s %s: job %s %s (%d bytes sent, %.2f s)",
-            route,
+            "%s %s: job %s %s (%.2f s)",
+            "runsync" if sync else "run",
             label or "-",
             state.job_id,
             state.status,
-            size,
             time.monotonic() - started,
         )
-        return Job(self, state.job_id, label=label, state=state)
+        return self._job(state.job_id, label=label, state=state)
+
+    def _job(self, job_id: str, *, label: str | None, state: JobState | None = None) -> Job:
+        return Job(
+            self._transport, job_id, poll=self.poll_policy, wait_timeout=self.wait_timeout, label=label, state=state
+        )

@@ -41,7 +41,7 @@ class RetryPolicy:
         server_delay = parse_retry_after(retry_after)
         if server_delay is not None:
             return min(server_delay, self.max_retry_after_s)
-        backoff = min(self.initial_delay_s * 2**retry_number, self.max_delay_s)
+        backoff = min(self.initial_delay_s * 2.0**retry_number, self.max_delay_s)
         return backoff * (1 - self.jitter * random.random())
 
 

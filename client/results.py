@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import (
+    IncompleteResultError,
     JobCancelledError,
     JobError,
     JobFailedError,
@@ -77,10 +78,15 @@ class JobState:
 class JobResult:
     """The answer and its metadata, the same whatever route or worker mode produced it.
 
-    ``text`` is left out of ``repr`` so a stray log line cannot leak the answer.
+    ``parsed`` is the object of a JSON job (``format="json"`` or ``json_schema``); None for
+    other jobs, and when generation stopped before the object was closed
+    (``finish_reason == "length"``). ``adapter`` names the LoRA adapter that answered (None:
+    the base model) and ``provenance`` holds what the worker reports about the weights used.
+    ``text`` and ``parsed`` are left out of ``repr`` so a stray log line cannot leak the answer.
     """
 
     text: str = field(repr=False)
+    parsed: Any = field(default=None, repr=False)
     job_id: str | None = None
     model: str | None = None
     mode: str | None = None
@@ -89,6 +95,8 @@ class JobResult:
     usage: dict[str, int] = field(default_factory=dict)
     used_dummy_image: bool | None = None
     timings: dict[str, Any] = field(default_factory=dict)
+    adapter: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
     delay_time_ms: int | None = None
     execution_time_ms: int | None = None
 
@@ -99,6 +107,14 @@ class JobResult:
     @property
     def completion_tokens(self) -> int | None:
         return self.usage.get("completion_tokens")
+
+    def json_object(self) -> Any:
+        """The object of a JSON job; raises instead of handing back a cut-off or missing one."""
+        if self.parsed is not None:
+            return self.parsed
+        if self.finish_reason == "length":
+            raise IncompleteResultError(self.job_id, self.finish_reason)
+        raise ResponseFormatError(f"job {self.job_id} returned no JSON object (ask with format='json' or json_schema)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,6 +170,7 @@ class OutputAssembler:
         meta = self._final
         return JobResult(
             text=self.text,
+            parsed=meta.get("parsed"),
             job_id=self._job_id,
             model=meta.get("model"),
             mode=meta.get("mode"),
@@ -162,6 +179,8 @@ class OutputAssembler:
             usage=dict(meta.get("usage") or {}),
             used_dummy_image=meta.get("used_dummy_image"),
             timings=dict(meta.get("timings") or {}),
+            adapter=meta.get("adapter"),
+            provenance=dict(meta.get("provenance") or {}),
             delay_time_ms=state.delay_time_ms if state else None,
             execution_time_ms=state.execution_time_ms if state else None,
         )

@@ -1,5 +1,19 @@
 """The one place that sends HTTP requests, decides retries and maps failures to exceptions.
 
+It also owns what differs between hosted RunPod and a local worker (``python handler.py
+--rp_serve_api``), so nothing above it branches on which one it talks to:
+
+=====================  =============================  ====================================
+                       hosted RunPod                  local worker
+=====================  =============================  ====================================
+/runsync               ``?wait=`` ms, then polling    holds the request until the job ends
+/status, /stream       GET, returns at once           POST, runs the job inside the call
+a finished job         can be read again              is forgotten after it was returned
+/cancel, /health       exist                          missing: ``cancel`` gives None,
+                                                      ``health`` says the worker is reachable
+request size           checked against RunPod limits  not limited
+=====================  =============================  ====================================
+
 Retry rules (``RetryPolicy`` sets how many and how long):
 
 =========================  ==========================  ===============================
@@ -21,6 +35,7 @@ Only methods, routes, statuses, sizes and timings are logged; never bodies or he
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -31,18 +46,29 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 
 from .config import ClientConfig
-from .constants import HTTP_POOL_SIZE, MAX_ERROR_MESSAGE_CHARS
+from .constants import (
+    CANCEL_TIMEOUT_S,
+    HTTP_POOL_SIZE,
+    MAX_ERROR_MESSAGE_CHARS,
+    MAX_RUN_PAYLOAD_BYTES,
+    MAX_RUNSYNC_PAYLOAD_BYTES,
+    RUNSYNC_MIN_WAIT_MS,
+    RUNSYNC_READ_MARGIN_S,
+    RUNSYNC_WAIT_MS,
+)
 from .errors import (
     APIConnectionError,
     APIError,
     APIStatusError,
     APITimeoutError,
     AuthenticationError,
+    InvalidRequestError,
     NotFoundError,
     RateLimitError,
     ResponseFormatError,
     ServerError,
     SubmissionUncertainError,
+    one_line,
 )
 from .policies import RetryPolicy
 
@@ -55,12 +81,19 @@ OnUncertain = Callable[[str | None, APIError], None]
 
 
 class Transport:
-    """Sends JSON requests to one RunPod endpoint (hosted or local) with retries."""
+    """Sends JSON requests to one RunPod endpoint (hosted or local) with retries.
 
-    def __init__(self, config: ClientConfig, *, retry: RetryPolicy, timeout: tuple[float, float]) -> None:
+    ``wait_timeout`` is the longest a call that blocks on a job may take: a local
+    worker's /runsync, /status and /stream run the job inside the request.
+    """
+
+    def __init__(
+        self, config: ClientConfig, *, retry: RetryPolicy, timeout: tuple[float, float], wait_timeout: float
+    ) -> None:
         self._config = config
         self._retry = retry
         self._connect_timeout, self._read_timeout = timeout
+        self._wait_timeout = wait_timeout
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_maxsize=HTTP_POOL_SIZE, max_retries=0)
         self._session.mount("http://", adapter)
@@ -73,6 +106,95 @@ class Transport:
 
     def close(self) -> None:
         self._session.close()
+
+    @property
+    def local(self) -> bool:
+        """True for the runpod SDK's local API server (``--rp_serve_api``)."""
+        return self._config.local
+
+    @property
+    def remembers_jobs(self) -> bool:
+        """False where a job is forgotten once a poll has returned it finished (a local worker)."""
+        return not self.local
+
+    # ------------------------------------------------------------------ RunPod's routes
+
+    def submit(
+        self,
+        body: dict[str, Any],
+        *,
+        sync: bool,
+        deadline: float,
+        label: str | None = None,
+        on_uncertain: OnUncertain | None = None,
+    ) -> Any:
+        """POST /run or /runsync (``sync``): the first answer about the job (its id and status).
+
+        /runsync is asked to hold the request for at most ``RUNSYNC_WAIT_MS`` (less if the
+        deadline is nearer); an unfinished job then comes back IN_QUEUE / IN_PROGRESS.
+        """
+        size = len(json.dumps(body))
+        limit = MAX_RUNSYNC_PAYLOAD_BYTES if sync else MAX_RUN_PAYLOAD_BYTES
+        if not self.local and size > limit:
+            raise InvalidRequestError(f"request for {label or 'job'} is {size} bytes; RunPod accepts at most {limit}")
+        route, params, read_timeout = "run", None, None
+        if sync:
+            route = "runsync"
+            if self.local:
+                # The local server ignores ``wait`` and holds the request until the job ends.
+                read_timeout = self._wait_timeout
+            else:
+                remaining_ms = int((deadline - time.monotonic()) * 1000)
+                wait_ms = max(min(RUNSYNC_WAIT_MS, remaining_ms), RUNSYNC_MIN_WAIT_MS)
+                params = {"wait": wait_ms}
+                read_timeout = wait_ms / 1000 + RUNSYNC_READ_MARGIN_S
+        log.debug("%s %s: %d bytes", route, label or "-", size)
+        return self.request(
+            "POST",
+            route,
+            json=body,
+            params=params,
+            read_timeout=read_timeout,
+            deadline=deadline,
+            submission=True,
+            label=label,
+            on_uncertain=on_uncertain,
+        )
+
+    def poll(self, route: str, job_id: str, deadline: float | None) -> Any:
+        """``status/<id>`` or ``stream/<id>``: GET on RunPod; POST on a local worker, which
+        runs the job inside the call, so it gets the whole wait as read time."""
+        if self.local:
+            return self.request("POST", f"{route}/{job_id}", read_timeout=self._wait_timeout, deadline=deadline)
+        return self.request("GET", f"{route}/{job_id}", deadline=deadline)
+
+    def cancel(self, job_id: str) -> str | None:
+        """POST cancel/<id>: the status RunPod reports, or None where the server cannot cancel."""
+        try:
+            payload = self.request("POST", f"cancel/{job_id}", deadline=time.monotonic() + CANCEL_TIMEOUT_S)
+        except APIStatusError as exc:
+            if self.local and exc.status_code in (404, 405):
+                log.debug("local worker cannot cancel job %s", job_id)
+                return None
+            raise
+        status = payload.get("status") if isinstance(payload, dict) else None
+        log.debug("cancel job %s -> %s", job_id, status)
+        return status if isinstance(status, str) else None
+
+    def health(self) -> dict[str, Any]:
+        """GET health: queue and worker counts; a local worker, which has no such route,
+        is reported as reachable when it answers 404/405."""
+        try:
+            payload = self.request("GET", "health")
+        except APIStatusError as exc:
+            if self.local and exc.status_code in (404, 405):
+                return {"local": True, "reachable": True}
+            raise
+        if not isinstance(payload, dict):
+            raise ResponseFormatError("GET health: the answer is not an object")
+        return payload
+
+    # ------------------------------------------------------------------ any route
 
     def request(
         self,
@@ -172,7 +294,7 @@ def _connection_error(method: str, route: str, exc: requests.RequestException) -
     reason = exc.args[0] if exc.args else exc
     if isinstance(reason, MaxRetryError) and reason.reason is not None:
         reason = reason.reason
-    message = f"{method} {route}: {type(reason).__name__}: {_clip(str(reason))}"
+    message = f"{method} {route}: {type(reason).__name__}: {one_line(str(reason), MAX_ERROR_MESSAGE_CHARS)}"
     if isinstance(exc, requests.Timeout):
         return APITimeoutError(message)
     return APIConnectionError(message)
@@ -207,7 +329,7 @@ def _error_detail(response: requests.Response) -> str:
                 if isinstance(item, dict)
             )
         if detail:
-            return _clip(str(detail))
+            return one_line(str(detail), MAX_ERROR_MESSAGE_CHARS)
     return response.reason or "no details"
 
 
@@ -216,10 +338,3 @@ def _decode(method: str, route: str, response: requests.Response) -> Any:
         return response.json()
     except ValueError as exc:
         raise ResponseFormatError(f"{method} {route}: HTTP {response.status_code} answer is not JSON") from exc
-
-
-def _clip(text: str) -> str:
-    text = " ".join(text.split())
-    if len(text) <= MAX_ERROR_MESSAGE_CHARS:
-        return text
-    return text[: MAX_ERROR_MESSAGE_CHARS - 1] + "…"

@@ -35,6 +35,7 @@ DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_MS = 20
 DEFAULT_STANDIN_SUBDIR = "medgemma-runpod"
 DEFAULT_RUNPOD_VOLUME = "/runpod-volume"  # where RunPod mounts a network volume and its cached models
+STANDIN_MODEL_ID = "standin"  # MODEL_ID=standin: the embedded stand-in, as when MODEL_ID is unset
 DEFAULT_IMAGE_URL_TIMEOUT_S = 10.0
 DEFAULT_IMAGE_URL_DEADLINE_S = 30.0
 
@@ -53,6 +54,7 @@ STATIC_AND_COMPILE_REFUSAL = (
 )
 
 T = TypeVar("T")
+D = TypeVar("D")  # a default: the parsed type, or None for "unset"
 
 
 @dataclass(frozen=True)
@@ -174,10 +176,13 @@ def load_settings(env: Mapping[str, str] | None = None, dotenv_path: str | None 
 def resolve_model_id(model_id: str | None) -> str | None:
     """Return a hub id unchanged, or the directory that actually holds ``config.json``.
 
+    None, or ``STANDIN_MODEL_ID`` (for environments that can't pass an empty value, such as
+    an image whose MODEL_ID is preset), means the embedded stand-in.
+
     A download often nests the checkpoint one level down (``models/medgemma/<snapshot>/``);
     a directory with exactly one such child is followed into.
     """
-    if model_id is None:
+    if model_id is None or model_id == STANDIN_MODEL_ID:
         return None
     path = Path(model_id).expanduser()
     looks_like_path = model_id.startswith(("/", ".", "~")) or path.exists()
@@ -232,11 +237,11 @@ class EnvReader:
     def text(self, name: str, default: str) -> str:
         return self._env.get(name, "").strip() or default
 
-    def _parse(self, name: str, default: T, parse: Callable[[str], T]) -> T:
+    def _parse(self, name: str, default: D, parse: Callable[[str], T]) -> T | D:
         raw = self._env.get(name, "").strip()
         return default if raw == "" else parse(raw)
 
-    def boolean(self, name: str, default: bool | None) -> bool | None:
+    def boolean(self, name: str, default: D) -> bool | D:
         def parse(raw: str) -> bool:
             word = raw.lower()
             if word in TRUE_WORDS:
@@ -275,7 +280,7 @@ class EnvReader:
 
         return self._parse(name, default, parse)
 
-    def choice(self, name: str, choices: tuple[str, ...], default: str | None) -> str | None:
+    def choice(self, name: str, choices: tuple[str, ...], default: D) -> str | D:
         def parse(raw: str) -> str:
             if raw.lower() not in choices:
                 raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")

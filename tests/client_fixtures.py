@@ -7,6 +7,7 @@ file) and every CLI subprocess runs in a temporary directory with a clean
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -107,9 +108,13 @@ def cli_command(*args: str | os.PathLike[str]) -> list[str]:
 
 
 def run_cli(
-    *args: str | os.PathLike[str], env: dict[str, str], cwd: Path, timeout: float = 30
+    *args: str | os.PathLike[str], env: dict[str, str], cwd: Path, timeout: float = 30, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cli_command(*args), env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    """Run the CLI to its end; ``input`` is its stdin (none without it)."""
+    stdin = subprocess.DEVNULL if input is None else None
+    return subprocess.run(
+        cli_command(*args), env=env, cwd=cwd, input=input, stdin=stdin, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def write_notes(root: Path, count: int, *, prefix: str = "note") -> dict[str, str]:
@@ -123,3 +128,18 @@ def write_notes(root: Path, count: int, *, prefix: str = "note") -> dict[str, st
         path.write_text(text, encoding="utf-8")
         notes[relative] = text
     return notes
+
+
+def read_summary(path: Path) -> tuple[dict, str]:
+    """A Markdown summary's front matter (each value is JSON, which is also valid YAML) and its text."""
+    _, header, body = path.read_text(encoding="utf-8").split("---\n", 2)
+    fields = dict(line.split(": ", 1) for line in header.splitlines())
+    return {key: json.loads(value) for key, value in fields.items()}, body.strip()
+
+
+def all_files(root: Path) -> set[str]:
+    return {path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()}
+
+
+def counts_line(stderr: str) -> str:
+    return stderr.strip().splitlines()[-1]

@@ -14,10 +14,15 @@ client to be tested without a network or a GPU:
 * ``Authorization`` is checked (401), unknown endpoints, routes and jobs are 404.
 
 Its "worker" does not run a model: it validates the input like the real
-worker (unknown keys, bad mode, nothing to process -> ``{"error": ...}``) and
-answers with a deterministic fake summary built from the text's length and
-hash. With ``streaming_worker=True`` outputs become lists of yielded items, as
-RunPod aggregates a generator handler's output.
+worker (unknown keys, bad mode, nothing to process, text and messages together,
+a bad format or an unknown adapter -> ``{"error": ...}``) and answers with a
+deterministic fake summary built from the document's length and hash (a
+conversation's document is its turns' text). JSON jobs (``format: "json"``,
+``json_schema``) get ``output`` as JSON text and ``parsed`` as the object, cut
+off with ``finish_reason: "length"`` below ``JSON_MIN_TOKENS``; every answer
+names its ``adapter`` and carries a ``provenance`` object. With
+``streaming_worker=True`` outputs become lists of yielded items, as RunPod
+aggregates a generator handler's output.
 
 Fault injection: scripted (``inject``) or random (``random_faults``) 429 (with
 ``Retry-After``), 500/502/503, and dropped connections before or after a
@@ -41,9 +46,18 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 MODEL = "double/medgemma-stand-in"
+MODEL_REVISION = "0123456789abcdef0123456789abcdef01234567"
+ADAPTERS = ("notes-style",)
+# A JSON job given fewer new tokens than this is cut off before its object closes.
+JSON_MIN_TOKENS = 16
+SUMMARY_FIELDS = ("key_findings", "diagnoses", "treatments_and_medications", "follow_up_and_pending")
 INPUT_KEYS = frozenset(
     {
         "text",
+        "messages",
+        "format",
+        "json_schema",
+        "adapter",
         "image",
         "images",
         "mode",
@@ -72,6 +86,48 @@ def fake_answer(text: str) -> str:
     return f"Synthetic summary {text_key(text)} of a {len(text)}-character note."
 
 
+def fake_summary(text: str) -> dict[str, list[str]]:
+    """The built-in clinical summary object the double answers a ``format: "json"`` job with."""
+    return {
+        "key_findings": [fake_answer(text)],
+        "diagnoses": [],
+        "treatments_and_medications": [],
+        "follow_up_and_pending": [],
+        "not_documented": ["diagnoses", "treatments_and_medications", "follow_up_and_pending"],
+    }
+
+
+def document_text(job_input: dict[str, Any]) -> str:
+    """The text a job is about: ``text``, or a conversation's turns (text parts) one per line."""
+    messages = job_input.get("messages")
+    if not isinstance(messages, list):
+        return str(job_input.get("text") or "")
+    lines = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+        lines += [str(part.get("text", "")) for part in parts if isinstance(part, dict) and part.get("type") == "text"]
+    return "\n".join(lines)
+
+
+def conversation_problem(messages: Any) -> str | None:
+    """Why ``messages`` is not a conversation the worker takes, or None."""
+    if not isinstance(messages, list) or not messages:
+        return "Field 'messages' must be a non-empty list of turns."
+    for number, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
+            return f"Field 'messages[{number}].role' must be system, user or assistant."
+        content = message.get("content")
+        if not isinstance(content, str | list):
+            return f"Field 'messages[{number}].content' must be a string or a list of parts."
+        for part in content if isinstance(content, list) else []:
+            if not isinstance(part, dict) or part.get("type") not in ("text", "image_url"):
+                return f"Field 'messages[{number}].content' parts must be text or image_url."
+    if messages[-1]["role"] != "user":
+        return "Field 'messages' must end with a user turn."
+    return None
+
+
 @dataclass
 class FakeJob:
     id: str
@@ -97,6 +153,7 @@ class RunPodDouble:
         api_key: str = "test-key-0123456789",
         endpoint_id: str = "ep-double",
         *,
+        adapters: tuple[str, ...] = ADAPTERS,
         queue_s: float = 0.02,
         execution_s: float = 0.05,
         streaming_worker: bool = False,
@@ -105,6 +162,7 @@ class RunPodDouble:
     ) -> None:
         self.api_key = api_key
         self.endpoint_id = endpoint_id
+        self.adapters = adapters
         self.queue_s = queue_s
         self.execution_s = execution_s
         self.streaming_worker = streaming_worker
@@ -228,7 +286,7 @@ class RunPodDouble:
                 return _send(handler, 400, {"error": "body is not JSON"})
             if not isinstance(payload.get("input"), dict):
                 return _send(handler, 400, {"error": "'input' must be an object"})
-            key = text_key(str(payload["input"].get("text", "")))
+            key = text_key(document_text(payload["input"]))
         else:
             key = parts[3] if len(parts) == 4 else route
 
@@ -281,7 +339,7 @@ class RunPodDouble:
 
     def _queue(self, payload: dict[str, Any]) -> FakeJob:
         job_input = payload["input"]
-        key = text_key(str(job_input.get("text", "")))
+        key = text_key(document_text(job_input))
         policy = payload.get("policy") or {}
         timeout_ms = policy.get("executionTimeout")
         with self._lock:
@@ -328,17 +386,27 @@ class RunPodDouble:
     def _run_worker(self, job: FakeJob) -> None:
         """What the MedGemma worker would return for this input (no model involved)."""
         job_input = job.job_input
-        text = str(job_input.get("text") or "")
+        text = document_text(job_input)
         unknown = sorted(set(job_input) - INPUT_KEYS)
         mode = job_input.get("mode", "summarize")
+        adapter = job_input.get("adapter")
+        json_job = job_input.get("format") == "json" or "json_schema" in job_input
         error = None
         if unknown:
             error = f"Unknown input field '{unknown[0]}'."
         elif mode not in ("summarize", "general"):
             error = "Field 'mode' must be 'summarize' or 'general'."
+        elif "messages" in job_input and "text" in job_input:
+            error = "Field 'messages': give text or messages, not both."
+        elif "messages" in job_input:
+            error = conversation_problem(job_input["messages"])
         elif not text.strip() and not (job_input.get("image") or job_input.get("images")):
             error = "Field 'text' is empty and no 'image' was given."
-        else:
+        if error is None and "format" in job_input and (job_input["format"] != "json" or mode != "summarize"):
+            error = "Field 'format' must be 'json', in summarize mode."
+        if error is None and adapter not in (None, "base", *self.adapters):
+            error = f"Field 'adapter': unknown adapter {adapter!r} (known: base, {', '.join(self.adapters)})."
+        if error is None:
             error = self._errors.get(job.key)
         if error is not None and not self.streaming_worker:
             job.error = error
@@ -346,16 +414,29 @@ class RunPodDouble:
         if error is not None:
             items: list[Any] = [{"error": error}]
         else:
-            answer = fake_answer(text)
+            answer, parsed, finish_reason = fake_answer(text), None, "stop"
+            if json_job:
+                parsed = fake_summary(text) if "json_schema" not in job_input else {"answer": answer}
+                answer = json.dumps(parsed)
+                if int(job_input.get("max_new_tokens", JSON_MIN_TOKENS)) < JSON_MIN_TOKENS:
+                    answer, parsed, finish_reason = answer[: len(answer) // 2], None, "length"
+            adapter = None if adapter in (None, "base") else adapter
+            provenance = {"model": MODEL, "model_revision": MODEL_REVISION}
+            if adapter is not None:
+                provenance.update(adapter=adapter, adapter_revision=f"sha256:{text_key(adapter)}")
             meta = {
                 "mode": mode,
                 "model": MODEL,
                 "run_mode": "double",
                 "usage": {"prompt_tokens": max(1, len(text) // 4), "completion_tokens": len(answer.split())},
-                "finish_reason": "stop",
+                "finish_reason": finish_reason,
                 "used_dummy_image": False,
                 "timings": {"generate_s": job.execution_s},
+                "adapter": adapter,
+                "provenance": provenance,
             }
+            if parsed is not None:
+                meta["parsed"] = parsed
             if not self.streaming_worker:
                 job.output = {"output": answer, **meta}
                 return

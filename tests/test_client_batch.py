@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from client_fixtures import REPO_ROOT, cli_command, cli_env, run_cli, write_notes
+from client_fixtures import REPO_ROOT, all_files, cli_command, cli_env, counts_line, read_summary, run_cli, write_notes
 from runpod_double import MODEL, fake_answer, text_key
 
 from client.batch import BatchOptions, BatchRun
@@ -18,21 +16,6 @@ from client.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from client.summary_files import TEMP_SUFFIX
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def read_summary(path: Path) -> tuple[dict, str]:
-    """Front matter (each value is a JSON scalar, which is also valid YAML) and the text."""
-    _, header, body = path.read_text(encoding="utf-8").split("---\n", 2)
-    fields = dict(line.split(": ", 1) for line in header.splitlines())
-    return {key: json.loads(value) for key, value in fields.items()}, body.strip()
-
-
-def all_files(root: Path) -> set[str]:
-    return {path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()}
-
-
-def counts_line(stderr: str) -> str:
-    return stderr.strip().splitlines()[-1]
 
 
 def test_batch_writes_each_summary_with_a_header_then_skips_them(double, tmp_path):

@@ -159,3 +159,8 @@ def test_image_url_settings_parse(tmp_path: Path):
 def test_bad_image_url_settings_fail_naming_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize("value", ["", "standin", "  standin "])
+def test_model_id_standin_or_empty_means_the_embedded_standin(value):
+    assert Settings.from_env({"MODEL_ID": value}).uses_standin
