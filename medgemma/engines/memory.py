@@ -65,7 +65,7 @@ class KVCacheShape:
 
 
 def usable_bytes(free: int, total: int, utilization: float) -> int:
-    """What a new batch may take: free memory less the share of the total kept in reserve.
+    """What a new batch may take on a GPU: free memory less the share of the total kept in reserve.
 
     ``utilization`` is GPU_MEMORY_UTILIZATION, the share of the device the worker may fill;
     the rest is headroom for the prefill's activations, the allocator and other processes.

@@ -123,14 +123,16 @@ class HFBackend:
 
     def memory_budget(self) -> int | None:
         """CUDA: free memory (what torch's allocator holds unused counts as free) less the
-        GPU_MEMORY_UTILIZATION reserve; CPU: available RAM less the same share of the total."""
+        GPU_MEMORY_UTILIZATION reserve. CPU: the RAM the kernel reports available, with no
+        reserve: it already counts the page cache it can drop, and a shared machine's other
+        processes come and go (a reserve there refused 40 MB batches with 2 GB available)."""
         device = self.device
         if device.type == "cuda":
             free, total = torch.cuda.mem_get_info(device)
             unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
             return usable_bytes(free + unused, total, self.memory_utilization)
         ram = system_memory()
-        return None if ram is None else usable_bytes(*ram, self.memory_utilization)
+        return None if ram is None else ram[0]
 
     def prepare(self, request: GenerationRequest) -> Prepared:
         """Token ids (caller text as plain text), image pixels, and the context check."""
