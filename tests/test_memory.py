@@ -138,6 +138,13 @@ def test_a_long_prompt_peaks_right_after_its_prefill(transformers_worker):
     assert at_end < after_prefill <= backend.kv_cache_bytes([700], 8) <= after_prefill * 1.01
 
 
+@pytest.mark.model
+def test_on_cpu_a_batch_may_use_the_ram_the_kernel_reports_available(transformers_worker):
+    budget = transformers_worker.engine.backend.memory_budget()
+    available, total = system_memory()
+    assert budget is not None and abs(budget - available) < 0.05 * total
+
+
 class Budgeted:
     """The stand-in's backend with a fixed memory budget: how much is free is the one thing a test can't set."""
 
