@@ -309,10 +309,10 @@ def main(argv: list[str] | None = None) -> None:
     new_tokens = [int(value) for value in args.new_tokens.split(",")]
     jobs = make_jobs(args.jobs, args.max_chars, new_tokens)
     report = Report(
-        "MedGemma worker load run: local API server, CPU, stand-in",
+        f"MedGemma worker load run: local API server, CPU, stand-in, C={args.concurrency}",
         command_line("bench.load"),
         args.out,
-        block="bench.load",
+        block=f"bench.load C={args.concurrency}",  # a run at other levels keeps its own table
     )
     dummy = "true" if args.dummy_image else "false"
     report.notes += [
