@@ -49,7 +49,7 @@ def assert_answer(result: dict) -> None:
     assert {"queue_s", "prepare_s", "time_to_first_token_s", "generate_s", "total_s"} <= set(result["timings"])
 
 
-def test_summarize(worker):
+def test_summarize(worker_with_dummy):
     result = run(handler.handler(job(mode="summarize")))
     assert_answer(result)
     assert result["mode"] == "summarize" and result["used_dummy_image"] is True
@@ -89,9 +89,9 @@ def test_two_images_cost_two_images_of_tokens(worker):
     assert two["usage"]["prompt_tokens"] - one["usage"]["prompt_tokens"] >= MM_TOKENS_PER_IMAGE + 2
 
 
-def test_text_only_with_dummy_image_on_and_off(worker, worker_without_dummy):
-    with_dummy = run(worker.run(job()))
-    text_only = run(worker_without_dummy.run(job()))
+def test_text_only_with_dummy_image_on_and_off(worker, worker_with_dummy):
+    with_dummy = run(worker_with_dummy.run(job()))
+    text_only = run(worker.run(job()))
     assert_answer(with_dummy)
     assert_answer(text_only)
     assert with_dummy["used_dummy_image"] is True and text_only["used_dummy_image"] is False
