@@ -93,6 +93,11 @@ class RssTrace:
 
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (seconds, rss bytes, jobs done)
     done: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def finished_one(self) -> None:
+        with self.lock:  # the posting threads finish concurrently: += alone loses counts
+            self.done += 1
 
 
 # -- jobs ------------------------------------------------------------------------------------------
@@ -212,7 +217,7 @@ def run_level(url: str, jobs: list[Job], concurrency: int, trace: RssTrace) -> t
             local.session = requests.Session()
         outcome = post(local.session, url, item[1], item[0])
         outcome.finished_at = time.perf_counter() - started
-        trace.done += 1
+        trace.finished_one()
         return outcome
 
     started = time.perf_counter()
