@@ -314,10 +314,11 @@ def main(argv: list[str] | None = None) -> None:
     new_tokens = [int(value) for value in args.new_tokens.split(",")]
     jobs = make_jobs(args.jobs, args.max_chars, new_tokens)
     report = Report(
-        f"MedGemma worker load run: local API server, CPU, stand-in, C={args.concurrency}",
+        f"MedGemma worker load run: local API server, CPU, stand-in, C={args.concurrency}, "
+        f"max_new_tokens {args.new_tokens}",
         command_line("bench.load"),
         args.out,
-        block=f"bench.load C={args.concurrency}",  # a run at other levels keeps its own table
+        block=f"bench.load C={args.concurrency} tokens={args.new_tokens}",  # other runs keep their own tables
     )
     dummy = "true" if args.dummy_image else "false"
     report.notes += [
