@@ -104,7 +104,7 @@ class HFBackend:
             # As many jobs as one batch holds, on CPU too: with 64-token answers 8 concurrent jobs
             # were 1.64x the documents/s of one at a time, and the last of 16 sent together
             # finished in 134 s against 221 s (bench/RESULTS.md, bench.load); a lone job is a
-            # batch of one either way. Only very short answers (2-6 tokens) lose (0.84x).
+            # batch of one either way. Only very short answers (2-4 tokens) lose (0.84x).
             max_concurrency=settings.max_batch_size,
         )
         if settings.torch_compile and runtime.device == "cuda" and runtime.quantization == "none":
