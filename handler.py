@@ -10,6 +10,9 @@ it streams, so ``STREAMING=true`` starts the worker with the generator ``stream_
 (every job's output becomes a list of chunks) and the default keeps the plain ``handler``
 whose output is one object.
 
+Jobs from RunPod's OpenAI-compatible route (``/openai/v1/...``, input ``openai_route`` +
+``openai_input``) go the same way in OpenAI's shapes (``medgemma.openai_api``).
+
 A worker that can't start (a bad setting, a gated or missing model, no GPU) does not exit:
 RunPod would restart it in a loop while jobs wait with no reason given. It stays up, logs
 the reason once, and answers every job with ``{"error": "worker cannot start: ..."}``. A
@@ -18,6 +21,7 @@ local test run (``--test_input``) exits non-zero with that line instead.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -31,6 +35,7 @@ from typing import Any
 # does; an explicit value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from medgemma import openai_api  # noqa: E402
 from medgemma.errors import HostError, MedGemmaError  # noqa: E402
 from medgemma.settings import Settings, load_settings  # noqa: E402
 from medgemma.worker import Worker  # noqa: E402
@@ -82,26 +87,34 @@ def startup_failure_output(error: Exception) -> dict[str, Any]:
 
 async def handler(job: dict[str, Any]) -> dict[str, Any]:
     """One job in, one output object (or ``{"error": ...}``) out."""
+    openai = openai_api.is_openai_job(job)
     if STARTUP_FAILURE is not None:
-        return startup_failure_output(STARTUP_FAILURE)
-    return await warmup().run(job)
+        failure = startup_failure_output(STARTUP_FAILURE)
+        return openai_api.failure_output(failure) if openai else failure
+    return await (openai_api.run(warmup(), job) if openai else warmup().run(job))
 
 
-async def stream_handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+async def stream_handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
     """Generator variant for STREAMING=true: text chunks, then usage and finish reason."""
+    openai = openai_api.is_openai_job(job)
     if STARTUP_FAILURE is not None:
-        chunks: AsyncIterator[dict[str, Any]] = _one(startup_failure_output(STARTUP_FAILURE))
+        failure = startup_failure_output(STARTUP_FAILURE)
+        chunks: AsyncIterator[dict[str, Any] | str] = _one(openai_api.failure_output(failure) if openai else failure)
     else:
-        chunks = warmup().run_stream(job)
+        chunks = openai_api.run_stream(warmup(), job) if openai else warmup().run_stream(job)
     async for chunk in chunks:
-        # The SDK reads refresh_worker only from a plain handler's output; a streaming
-        # worker asks through its config, which the SDK checks after the job.
-        if chunk.pop("refresh_worker", False):
-            RUNPOD_CONFIG["refresh_worker"] = True
+        if isinstance(chunk, dict):  # an OpenAI stream's chunks are SSE text
+            # The SDK reads refresh_worker only from a plain handler's output; a streaming
+            # worker asks through its config, which the SDK checks after the job.
+            if chunk.pop("refresh_worker", False):
+                RUNPOD_CONFIG["refresh_worker"] = True
+            # The SDK reports a generator's error as str(error): keep an OpenAI error object JSON.
+            if isinstance(chunk.get("error"), dict):
+                chunk["error"] = json.dumps(chunk["error"])
         yield chunk
 
 
-async def _one(item: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+async def _one(item: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
     yield item
 
 

@@ -32,6 +32,7 @@ class InputError(MedGemmaError):
 
     def __init__(self, field: str, problem: str):
         self.field = field
+        self.problem = problem
         super().__init__(f"{field}: {problem}")
 
 

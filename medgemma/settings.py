@@ -62,6 +62,7 @@ class Settings:
     """Everything the worker reads from its environment, already validated."""
 
     model_id: str | None  # None: the embedded stand-in
+    served_model_name: str | None  # the OpenAI route's model id; None: derived from model_id
     engine: str  # "transformers" | "vllm" | "auto" (vLLM when it is installed and CUDA is present)
     quantization: str | None  # None: nf4 on CUDA, none on CPU
     dtype: str | None  # None: bfloat16 on CUDA, float32 on CPU
@@ -124,6 +125,7 @@ class Settings:
         hf_root = Path(hf_home or Path.home() / ".cache" / "huggingface")
         return cls(
             model_id=resolve_model_id(env.get("MODEL_ID", "").strip() or None),
+            served_model_name=env.get("SERVED_MODEL_NAME", "").strip() or None,
             engine=reader.choice("ENGINE", ENGINES, default="auto"),
             quantization=quantization,
             dtype=None if dtype == "auto" else dtype,

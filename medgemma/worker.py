@@ -4,6 +4,10 @@ One ``Worker`` lives per process (created by ``handler.warmup``). Every failure 
 can cause or suffer becomes ``{"error": "<one sentence>"}`` and the worker carries on with
 the next job; a GPU fault also asks RunPod for a fresh worker (``refresh_worker``). Logs
 carry ids, sizes, token counts and timings only, never note text, prompts, answers or images.
+
+A job's input and output come in a dialect: the native one here, or OpenAI's chat
+completions (``medgemma.openai_api``). A dialect validates the input into a
+GenerationRequest and shapes what comes out; the path between them is the same for both.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from medgemma.engines.base import Engine, EngineResult
 from medgemma.errors import GenerationFailed, HostError, InputError, MedGemmaError, redacted_traceback
@@ -25,6 +29,26 @@ log = logging.getLogger("medgemma.worker")
 STREAM_OFF_PROBLEM = (
     "this worker was started without STREAMING=true, so it cannot stream; omit stream or redeploy with STREAMING=true"
 )
+
+
+class Dialect(Protocol):
+    """How one kind of job reads its input and shapes its answers (``NativeDialect`` shows the contract)."""
+
+    def parse(self, worker: Worker, job: dict[str, Any]) -> GenerationRequest: ...
+
+    def whole(self, request: GenerationRequest, output: dict[str, Any]) -> Any:
+        """A whole answer, from the native output object."""
+        ...
+
+    def delta(self, request: GenerationRequest, text: str) -> Any: ...
+
+    def last(self, request: GenerationRequest, output: dict[str, Any]) -> Any:
+        """The item that ends a stream, from the native output object (its "output" removed)."""
+        ...
+
+    def failed(self, error: MedGemmaError, failure: dict[str, Any]) -> dict[str, Any]:
+        """A failed job's item, from the native ``{"error": ...}`` (plus ``refresh_worker``)."""
+        ...
 
 
 @dataclass
@@ -52,49 +76,60 @@ class Worker:
         """How many jobs RunPod may hand this worker at once: MAX_CONCURRENCY, or the engine's figure."""
         return self.settings.max_concurrency or self.engine.info.max_concurrency
 
-    async def run(self, job: dict[str, Any]) -> dict[str, Any]:
+    async def run(self, job: dict[str, Any], dialect: Dialect | None = None) -> Any:
         """Serve one job and return its whole output object (or ``{"error": ...}``)."""
-        answers = self.answer(job, streaming_worker=False)
+        answers = self.answer(job, streaming_worker=False, dialect=dialect)
         try:
             return await anext(answers)
         finally:
             await answers.aclose()
 
-    async def run_stream(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def run_stream(self, job: dict[str, Any], dialect: Dialect | None = None) -> AsyncIterator[Any]:
         """Yield ``{"delta": text}`` chunks then a final chunk with usage and finish reason.
 
         A job without ``stream: true`` yields exactly one item: its whole output object.
         """
-        async for item in self.answer(job, streaming_worker=True):
+        async for item in self.answer(job, streaming_worker=True, dialect=dialect):
             yield item
 
-    async def answer(self, job: dict[str, Any], streaming_worker: bool) -> AsyncIterator[dict[str, Any]]:
-        """The one job path, for plain and streamed jobs alike."""
+    async def answer(
+        self, job: dict[str, Any], streaming_worker: bool, dialect: Dialect | None = None
+    ) -> AsyncGenerator[Any, None]:
+        """The one job path, for plain and streamed jobs alike, in the job's dialect (native by default)."""
+        dialect = dialect or NATIVE
         started = time.perf_counter()
         try:
-            request = await asyncio.to_thread(self._validate, job)
+            request = await asyncio.to_thread(dialect.parse, self, job)
             if request.stream and not streaming_worker:
                 raise InputError("stream", STREAM_OFF_PROBLEM)
             prepared = await self.engine.prepare(request)
             if not request.stream:
-                yield self._shaped(request, await self.engine.generate(prepared), started)
+                yield dialect.whole(request, self._shaped(request, await self.engine.generate(prepared), started))
                 return
             async for item in self.engine.stream(prepared):
                 if isinstance(item, EngineResult):
                     final = self._shaped(request, item, started)
                     final.pop("output")
-                    yield {"delta": "", "done": True, **final}
+                    yield dialect.last(request, final)
                 else:
-                    yield {"delta": item}
+                    yield dialect.delta(request, item)
         except MedGemmaError as error:
-            yield self._failed(job, error)
+            yield dialect.failed(error, self._failed(job, error))
         except Exception as error:  # a bug, not the caller's fault: report it, keep serving
             log.error("job %s failed unexpectedly:\n%s", job.get("id", "-"), redacted_traceback(error))
-            yield {"error": f"internal error ({type(error).__name__}) while serving this job; the worker keeps serving"}
+            failure = GenerationFailed(
+                f"internal error ({type(error).__name__}) while serving this job; the worker keeps serving"
+            )
+            yield dialect.failed(failure, {"error": str(failure)})
 
-    def _validate(self, job: dict[str, Any]) -> GenerationRequest:
+    def validate(self, job: dict[str, Any], mode_prompts: bool = True) -> GenerationRequest:
+        """A native job's input as a GenerationRequest for this worker's model."""
         return parse_job_input(
-            job.get("input"), self.settings, job_id=str(job.get("id", "-")), vision=self.engine.info.vision
+            job.get("input"),
+            self.settings,
+            job_id=str(job.get("id", "-")),
+            vision=self.engine.info.vision,
+            mode_prompts=mode_prompts,
         )
 
     def _shaped(self, request: GenerationRequest, result: EngineResult, started: float) -> dict[str, Any]:
@@ -136,3 +171,25 @@ class Worker:
         if isinstance(error, HostError):
             failure["refresh_worker"] = True  # RunPod replaces this worker after the job
         return failure
+
+
+class NativeDialect:
+    """This worker's own job format (README, Jobs)."""
+
+    def parse(self, worker: Worker, job: dict[str, Any]) -> GenerationRequest:
+        return worker.validate(job)
+
+    def whole(self, request: GenerationRequest, output: dict[str, Any]) -> dict[str, Any]:
+        return output
+
+    def delta(self, request: GenerationRequest, text: str) -> dict[str, Any]:
+        return {"delta": text}
+
+    def last(self, request: GenerationRequest, output: dict[str, Any]) -> dict[str, Any]:
+        return {"delta": "", "done": True, **output}
+
+    def failed(self, error: MedGemmaError, failure: dict[str, Any]) -> dict[str, Any]:
+        return failure
+
+
+NATIVE = NativeDialect()

@@ -11,7 +11,9 @@ client to be tested without a network or a GPU:
 * ``GET /status/{id}`` (``delayTime``, ``executionTime``, ``output`` / ``error``),
   ``GET /stream/{id}`` (chunks new since the previous call), ``POST /cancel/{id}``,
   ``GET /health``;
-* ``Authorization`` is checked (401), unknown endpoints, routes and jobs are 404.
+* ``Authorization`` is checked (401), unknown endpoints, routes and jobs are 404;
+* ``/v2/{endpoint}/openai/v1/...`` (the OpenAI-compatible route, when the double is given
+  the real worker's ``handler``): see below.
 
 Its "worker" does not run a model: it validates the input like the real
 worker (unknown keys, bad mode, nothing to process, text and messages together,
@@ -24,6 +26,21 @@ names its ``adapter`` and carries a ``provenance`` object. With
 ``streaming_worker=True`` outputs become lists of yielded items, as RunPod
 aggregates a generator handler's output.
 
+The OpenAI route forwards to a real handler, in process, as RunPod forwards it to a worker
+(runpod-workers/worker-vllm reads the same shape): ``POST .../openai/v1/chat/completions``
+becomes the job input ``{"openai_route": "/v1/chat/completions", "openai_input": <body>}``
+and a ``GET`` (``/v1/models``) has ``"openai_input": {}``. The job runs through the runpod
+SDK's own ``run_job`` / ``run_job_generator`` on one event loop (the worker's), and:
+
+* a job that completes answers HTTP 200 with its output: an object as JSON; a generator's
+  items joined, strings as they are (SSE text for ``"stream": true``, sent as they come);
+* a job that fails (its output has ``error``) answers with that error as OpenAI's error
+  body ``{"error": {...}}``. RunPod documents neither the status nor the body of a failed
+  ``/openai/`` job, so the double picks OpenAI's: 404 for ``model_not_found``, 400 for
+  ``invalid_request_error``, else 500; a stream that fails after its first chunk ends with
+  an SSE ``data: {"error": ...}`` event. (A job that *completes* with an error-shaped output
+  is passed on as a 200, as RunPod does: runpod-workers/worker-vllm issue #57.)
+
 Fault injection: scripted (``inject``) or random (``random_faults``) 429 (with
 ``Retry-After``), 500/502/503, and dropped connections before or after a
 submission is queued. ``queued`` / ``executed`` count per document (keyed by
@@ -32,18 +49,25 @@ the text's hash) so tests can assert on duplicates. Nothing is ever logged.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
+import inspect
+import itertools
 import json
+import queue
 import random
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from runpod.serverless.modules import rp_job
 
 MODEL = "double/medgemma-stand-in"
 MODEL_REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -159,8 +183,10 @@ class RunPodDouble:
         streaming_worker: bool = False,
         runsync_wait_cap_s: float | None = None,
         retry_after: str | None = "0",
+        handler: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
         self.api_key = api_key
+        self.handler = handler  # the real worker's handler behind the /openai/ route
         self.endpoint_id = endpoint_id
         self.adapters = adapters
         self.queue_s = queue_s
@@ -186,6 +212,8 @@ class RunPodDouble:
         self._rng = random.Random(0)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.forwarded: list[dict[str, Any]] = []  # the job inputs the /openai/ route handed to the handler
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -201,11 +229,16 @@ class RunPodDouble:
         server.double = self
         self._server = server
         threading.Thread(target=server.serve_forever, args=(0.02,), name="runpod-double", daemon=True).start()
+        if self.handler is not None:  # the worker's event loop, as runpod.serverless.start runs one
+            self._loop = asyncio.new_event_loop()
+            threading.Thread(target=self._loop.run_forever, name="runpod-double-worker", daemon=True).start()
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
 
     @property
     def port(self) -> int:
@@ -265,6 +298,8 @@ class RunPodDouble:
             return _send(handler, 401, {"error": "Unauthorized"})
         if len(parts) < 3 or parts[0] != "v2" or parts[1] != self.endpoint_id:
             return _send(handler, 404, {"error": "endpoint not found"})
+        if route == "openai" and self.handler is not None:
+            return self._openai(handler, method, "/" + "/".join(parts[3:]), body)
         routes = {
             "run": ("POST", 3),
             "runsync": ("POST", 3),
@@ -318,6 +353,51 @@ class RunPodDouble:
                 ]
                 answer = (200, render(job))
         return _send(handler, *answer)
+
+    # ------------------------------------------------------------------ the OpenAI route
+
+    def _openai(self, handler: _Handler, method: str, route: str, body: bytes) -> None:
+        job_input: dict[str, Any] = {"openai_route": route, "openai_input": {}}
+        if method == "POST":
+            try:
+                job_input["openai_input"] = json.loads(body or b"{}")
+            except ValueError:
+                return _send(handler, 400, {"error": "body is not JSON"})
+        with self._lock:
+            self.forwarded.append(job_input)
+        openai_input = job_input["openai_input"]
+        stream = isinstance(openai_input, dict) and openai_input.get("stream") is True
+        events = self._run_real_job({"id": f"job-{uuid.uuid4().hex[:12]}", "input": job_input})
+        first = next(events)
+        if not stream:
+            outcome = [first, *events]
+            errors = [value for kind, value in outcome if kind == "error"]
+            if errors:
+                return _send(handler, *_openai_failure(errors[0]))
+            text = "".join(value if isinstance(value, str) else json.dumps(value) for _, value in outcome)
+            return _send_text(handler, 200, text, "application/json")
+        if first[0] == "error":
+            return _send(handler, *_openai_failure(first[1]))
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        for kind, value in itertools.chain([first], events):
+            if kind == "error":
+                value = "data: " + json.dumps(_openai_failure(value)[1]) + "\n\n"
+            _write_chunk(handler, value if isinstance(value, str) else json.dumps(value))
+        handler.wfile.write(b"0\r\n\r\n")  # the end of a chunked body
+
+    def _run_real_job(self, job: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+        """Run ``job`` as the runpod SDK does; yield ("output", item)... or a last ("error", error)."""
+        assert self._loop is not None and self.handler is not None
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        asyncio.run_coroutine_threadsafe(_sdk_job(self.handler, job, events.put), self._loop)
+        while True:
+            kind, value = events.get(timeout=600)
+            if kind == "end":
+                return
+            yield kind, value
 
     # ------------------------------------------------------------------ job model
 
@@ -534,6 +614,55 @@ def _send(handler: _Handler, code: int, payload: Any, headers: dict[str, str] | 
         handler.send_header(name, value)
     handler.end_headers()
     handler.wfile.write(body)
+
+
+async def _sdk_job(handler: Callable[[dict[str, Any]], Any], job: dict[str, Any], put: Callable) -> None:
+    """The SDK's job handling (``rp_job.handle_job``) without its HTTP: outputs, then an error or the end."""
+    try:
+        if inspect.isasyncgenfunction(handler) or inspect.isgeneratorfunction(handler):
+            async for item in rp_job.run_job_generator(handler, job):
+                if isinstance(item.get("output"), dict) and item["output"].get("error"):
+                    item = {"error": str(item["output"]["error"])}  # as handle_job does
+                if item.get("error"):
+                    put(("error", item["error"]))
+                    return
+                put(("output", item["output"]))
+        else:
+            result = await rp_job.run_job(handler, job)
+            put(("error", result["error"]) if result.get("error") else ("output", result.get("output")))
+    finally:
+        put(("end", None))
+
+
+def _openai_failure(error: Any) -> tuple[int, dict[str, Any]]:
+    """A failed job's error as OpenAI's error body, with the status OpenAI gives that kind of error."""
+    if isinstance(error, str):
+        try:
+            error = json.loads(error)
+        except ValueError:
+            pass
+    if not (isinstance(error, dict) and isinstance(error.get("message"), str)):
+        error = {"message": str(error), "type": "server_error", "param": None, "code": None}
+    if error.get("code") == "model_not_found":
+        return 404, {"error": error}
+    return (400 if error.get("type") == "invalid_request_error" else 500), {"error": error}
+
+
+def _send_text(handler: _Handler, code: int, text: str, content_type: str) -> None:
+    body = text.encode("utf-8")
+    handler.send_response(code)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def _write_chunk(handler: _Handler, text: str) -> None:
+    """One piece of a chunked body, sent at once (an empty piece would end the body, so none is sent)."""
+    data = text.encode("utf-8")
+    if data:
+        handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        handler.wfile.flush()
 
 
 def _drop(handler: _Handler) -> None:

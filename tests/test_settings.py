@@ -87,10 +87,11 @@ def test_dotenv_is_read_but_real_environment_wins(tmp_path: Path, monkeypatch):
     dotenv = tmp_path / ".env"
     dotenv.write_text("MAX_NEW_TOKENS=99\nDUMMY_IMAGE=false\n")
     monkeypatch.setenv("MAX_NEW_TOKENS", "7")
-    monkeypatch.delenv("DUMMY_IMAGE", raising=False)
+    # Set, then unset, so monkeypatch records "absent" and removes what load_dotenv writes.
+    monkeypatch.setenv("DUMMY_IMAGE", "placeholder")
+    monkeypatch.delenv("DUMMY_IMAGE")
     settings = load_settings(dotenv_path=str(dotenv))
     assert settings.max_new_tokens == 7 and settings.dummy_image is False
-    monkeypatch.delenv("DUMMY_IMAGE")
 
 
 def test_settings_import_without_heavy_libraries():

@@ -104,3 +104,58 @@ def test_a_job_full_of_control_strings_answers(worker, field):
     result = run(handler.handler({"id": "hostile", "input": {"text": BENIGN, field: HOSTILE, "max_new_tokens": 4}}))
     assert "error" not in result, result
     assert result["usage"]["completion_tokens"] > 0
+
+
+def conversation(hostile_role: str, text: str) -> list[dict]:
+    """A multi-turn conversation whose ``hostile_role`` turn (the last user turn for "user") says ``text``."""
+    turns = {"system": "Be brief.", "assistant": "An earlier answer.", "user": "And then?"}
+    turns[hostile_role] = text
+    return [
+        {"role": "system", "content": turns["system"]},
+        {"role": "user", "content": BENIGN},
+        {"role": "assistant", "content": [{"type": "text", "text": turns["assistant"]}]},
+        {"role": "user", "content": turns["user"]},
+    ]
+
+
+@pytest.mark.parametrize("role", ["system", "assistant", "user"])
+def test_control_strings_in_any_turn_yield_only_the_templates_own_control_tokens(backend, settings, role):
+    tokenizer = backend.tokenizer
+    benign = backend.prepare(parse_job_input({"messages": conversation(role, "A benign turn.")}, settings))
+    hostile = backend.prepare(parse_job_input({"messages": conversation(role, HOSTILE)}, settings))
+    assert controls_in(hostile.prompt.ids, tokenizer) == controls_in(benign.prompt.ids, tokenizer)
+    assert hostile.features["token_type_ids"].sum() == benign.features["token_type_ids"].sum()
+    assert HOSTILE.strip() in tokenizer.decode(hostile.prompt.ids)
+
+
+def test_benign_conversations_are_exactly_what_the_processor_makes(backend, settings):
+    from medgemma.images import encode_image
+
+    picture = encode_image(Image.new("RGB", (64, 48), "red"))
+    messages = conversation("user", "What does the image show?")
+    messages[3]["content"] = [{"type": "image_url", "image_url": {"url": picture}}, {"type": "text", "text": "Why?"}]
+    request = parse_job_input({"messages": messages}, settings)
+    prepared = backend.prepare(request)
+    reference = backend.processor.apply_chat_template(
+        request.messages(), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    assert prepared.prompt.ids == reference["input_ids"][0].tolist()
+    assert prepared.features["pixel_values"].equal(reference["pixel_values"])
+
+
+def test_a_messages_job_spelling_out_a_text_job_is_the_same_prompt(backend, settings):
+    from medgemma.images import encode_image
+
+    picture = encode_image(Image.new("RGB", (64, 48), "blue"))
+    text_job = parse_job_input({"text": BENIGN, "image": picture, "mode": "general"}, settings)
+    parts = [{"type": "image", "image": picture}, {"type": "text", "text": BENIGN}]
+    messages_job = parse_job_input({"messages": [{"role": "user", "content": parts}], "mode": "general"}, settings)
+    assert backend.prepare(messages_job).prompt.ids == backend.prepare(text_job).prompt.ids
+
+
+@pytest.mark.parametrize("role", ["system", "assistant"])
+def test_a_conversation_full_of_control_strings_answers(worker, role):
+    job = {"id": "hostile", "input": {"messages": conversation(role, HOSTILE), "max_new_tokens": 4}}
+    result = run(handler.handler(job))
+    assert "error" not in result, result
+    assert result["usage"]["completion_tokens"] > 0

@@ -95,13 +95,13 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-def check_context(prompt_tokens: int, max_new_tokens: int, context_length: int) -> None:
-    """A prompt and its answer must fit the model's context."""
+def check_context(prompt_tokens: int, max_new_tokens: int, context_length: int, field: str = "text") -> None:
+    """A prompt and its answer must fit the model's context; ``field`` is the input that holds the prompt."""
     if prompt_tokens + max_new_tokens > context_length:
         raise InputError(
-            "text",
+            field,
             f"the prompt is {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}, "
-            f"over the model's context of {context_length} tokens; shorten the text or lower max_new_tokens",
+            f"over the model's context of {context_length} tokens; shorten the {field} or lower max_new_tokens",
         )
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from medgemma.decoding import DeltaCallback, RowDecoder, think_token_ids
@@ -141,7 +141,7 @@ class HFBackend:
         """Token ids (caller text as plain text), image pixels, and the context check."""
         started = time.perf_counter()
         prompt = self.prompts.build(request.messages())
-        check_context(len(prompt.ids), request.max_new_tokens, self.info.context_length)
+        check_context(len(prompt.ids), request.max_new_tokens, self.info.context_length, request.input_field)
         input_ids = torch.tensor(prompt.ids, dtype=torch.long)
         features: dict[str, torch.Tensor] = {
             "input_ids": input_ids,
@@ -167,16 +167,23 @@ class HFBackend:
         key = keys.pop()
         inputs = self._collate(batch)
         decoders = [
-            RowDecoder(self.tokenizer, self.eos_ids, self.think_ids, callback)
-            for callback in (on_delta or [None] * len(batch))
+            RowDecoder(self.tokenizer, self.eos_ids, self.think_ids, callback, prepared.request.stop)
+            for prepared, callback in zip(batch, on_delta or [None] * len(batch), strict=True)
         ]
         streamer = _BatchStreamer(decoders)
+        # A row whose answer reached a stop string ends there, as if it had generated EOS.
+        stopping = StoppingCriteriaList([_DecoderStopped(decoders)] if any(p.request.stop for p in batch) else [])
         with self._lock, torch.inference_mode():
             if key.seed is not None:
                 torch.manual_seed(key.seed)
             started = time.perf_counter()
             try:
-                self.model.generate(**inputs, generation_config=self._generation_config(key), streamer=streamer)
+                self.model.generate(
+                    **inputs,
+                    generation_config=self._generation_config(key),
+                    streamer=streamer,
+                    stopping_criteria=stopping,
+                )
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 raise GenerationFailed(
@@ -239,6 +246,16 @@ class HFBackend:
         if pixels:
             inputs["pixel_values"] = torch.cat(pixels).to(device, dtype=self.model.dtype)
         return inputs
+
+
+class _DecoderStopped(StoppingCriteria):
+    """Ends each row once its decoder has stopped (the streamer feeds it one step behind this check)."""
+
+    def __init__(self, decoders: list[RowDecoder]):
+        self._decoders = decoders
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.tensor([decoder.stopped for decoder in self._decoders], device=input_ids.device)
 
 
 class _BatchStreamer(BaseStreamer):
