@@ -53,14 +53,19 @@ COPY builder/ builder/
 # hence PRELOAD_MODEL=true. A docker build sees no GPU, so this quantizes on the builder's
 # CPU, which bitsandbytes 0.50.2 supports (a pure PyTorch kernel writing the CUDA
 # kernel's packed layout); the GPU then loads the result as is.
+# ADAPTERS (docs/adapters.md): with PRELOAD_MODEL=true the hub adapters it names are baked
+# too; the endpoint then sets the same ADAPTERS to serve them. The nf4 copy's directory is
+# named after the model, so adapters trained on google/medgemma-1.5-4b-it recognise it as
+# their base, and only the bf16 snapshot is deleted (baked adapters stay).
 ARG PRELOAD_MODEL=false
 ARG PREQUANTIZE
+ARG ADAPTERS=""
 RUN --mount=type=secret,id=hf_token python -m builder.download_model \
  && rm -rf "$HF_HOME/xet" \
  && if [ "$PREQUANTIZE" = true ]; then \
         [ "$PRELOAD_MODEL" = true ] || { echo "PREQUANTIZE=true needs PRELOAD_MODEL=true: it quantizes the downloaded weights" >&2; exit 1; }; \
-        HF_HUB_OFFLINE=1 python -m builder.prequantize --output /models/medgemma-1.5-4b-it-nf4 \
-        && rm -rf "$HF_HOME/hub"; \
+        HF_HUB_OFFLINE=1 python -m builder.prequantize --output /models/nf4/medgemma-1.5-4b-it \
+        && rm -rf "$HF_HOME/hub/models--google--medgemma-1.5-4b-it"; \
     fi
 
 ENTRYPOINT ["/bin/sh", "/worker/builder/start.sh"]
@@ -70,5 +75,5 @@ CMD ["python", "-u", "handler.py"]
 FROM worker AS prequantize-false
 FROM worker AS prequantize-true
 # The bitsandbytes nf4 copy is served by the transformers engine (its fastest cold start).
-ENV MODEL_ID=/models/medgemma-1.5-4b-it-nf4 ENGINE=transformers
+ENV MODEL_ID=/models/nf4/medgemma-1.5-4b-it ENGINE=transformers
 FROM prequantize-${PREQUANTIZE}

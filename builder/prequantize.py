@@ -5,7 +5,7 @@ on every cold start; a checkpoint saved already quantized is ~3 GB that loads as
 ``medgemma.engines.hf_loading.load_checkpoint`` finds the saved ``quantization_config`` and loads it as
 "nf4 (pre-quantized)", so the worker needs nothing but ``MODEL_ID=<output dir>``.
 
-    python -m builder.prequantize --output /models/medgemma-1.5-4b-it-nf4   # MODEL_ID (the stand-in when unset)
+    python -m builder.prequantize --output /models/nf4/medgemma-1.5-4b-it   # MODEL_ID (the stand-in when unset)
     python -m builder.prequantize --model ./models/medgemma --output ./models/medgemma-nf4
 
 The quantization is the worker's own (``medgemma.engines.hf_loading``: nf4, double quant,

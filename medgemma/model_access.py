@@ -21,33 +21,37 @@ GATED_FIX = "accept the model's terms on huggingface.co with the account whose r
 
 
 @contextmanager
-def model_access_errors(source: ModelSource) -> Iterator[None]:
-    """Re-raise the weights' loading failures as ModelAccessError; other errors pass through."""
+def model_access_errors(source: ModelSource, subject: str | None = None) -> Iterator[None]:
+    """Re-raise the weights' loading failures as ModelAccessError; other errors pass through.
+
+    ``subject`` names the weights in the message (default: ``MODEL_ID <location>``).
+    """
     try:
         yield
     except (SettingsError, ModelAccessError):
         raise
     except Exception as error:
-        reason = describe_access_failure(error, source)
+        reason = describe_access_failure(error, source, subject)
         if reason is None:
             raise
         raise ModelAccessError(reason) from error
 
 
-def describe_access_failure(error: BaseException, source: ModelSource) -> str | None:
+def describe_access_failure(error: BaseException, source: ModelSource, subject: str | None = None) -> str | None:
     """One sentence for a failure to get ``source``'s files, or None if it is something else."""
     name = source.location
+    subject = subject or f"MODEL_ID {name}"
     causes = list(_chain(error))
     token = bool(os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN"))
     if any(isinstance(cause, hub_errors.GatedRepoError) for cause in causes):
         if not token:
-            return f"MODEL_ID {name} is a gated model and no HF_TOKEN is set: {GATED_FIX}, and set HF_TOKEN"
-        return f"MODEL_ID {name} is a gated model and HF_TOKEN has no access to it: {GATED_FIX}"
+            return f"{subject} is a gated model and no HF_TOKEN is set: {GATED_FIX}, and set HF_TOKEN"
+        return f"{subject} is a gated model and HF_TOKEN has no access to it: {GATED_FIX}"
     if any(isinstance(cause, hub_errors.RepositoryNotFoundError) for cause in causes):
         hint = "check the id" if token else "check the id, or set HF_TOKEN if it is private"
-        return f"MODEL_ID {name} was not found on the Hugging Face hub: {hint}"
+        return f"{subject} was not found on the Hugging Face hub: {hint}"
     if any(isinstance(cause, hub_errors.RevisionNotFoundError) for cause in causes):
-        return f"MODEL_ID {name}: the requested revision does not exist on the hub"
+        return f"{subject}: the requested revision does not exist on the hub"
     if any(isinstance(cause, hub_errors.LocalEntryNotFoundError) for cause in causes):
         if any(isinstance(cause, ConnectionError) or "ConnectError" in type(cause).__name__ for cause in causes):
             return (
@@ -60,7 +64,7 @@ def describe_access_failure(error: BaseException, source: ModelSource) -> str | 
             "or unset HF_HUB_OFFLINE"
         )
     if source.local_only and isinstance(error, OSError) and os.path.isdir(name):
-        return f"MODEL_ID {name} is a directory without a loadable checkpoint ({type(error).__name__}); point it at one"
+        return f"{subject} is a directory without a loadable checkpoint ({type(error).__name__}); point it at one"
     return None
 
 

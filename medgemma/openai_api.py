@@ -7,6 +7,10 @@ RunPod returns what the job yields: a whole answer is one JSON object; a streame
 Server-Sent Events text (``data: {chunk}\\n\\n`` ... ``data: [DONE]\\n\\n``), yielded as
 strings, which RunPod passes on as they come.
 
+The ``model`` field names the base model (its id or an alias) or one of the worker's LoRA
+adapters (``ADAPTERS``) by name, as vLLM exposes LoRA modules as models; ``/v1/models``
+lists the base model and then each adapter, its ``parent`` the base model's id.
+
 A chat completion is a native ``messages`` job: this module translates the request into the
 native input, the worker's one job path validates, generates and shapes it, and
 ``ChatCompletions`` turns the native answer into OpenAI's objects. Parameters the worker
@@ -108,7 +112,7 @@ async def run(worker: Worker, job: dict[str, Any]) -> dict[str, Any]:
     """Answer one OpenAI request on the plain handler: one JSON object."""
     route = _route(job)
     if route != CHAT_ROUTE:
-        return _not_chat(worker.settings, route)
+        return _not_chat(worker, route)
     answer: dict[str, Any] = await worker.run(job, ChatCompletions(worker))
     return answer
 
@@ -117,7 +121,7 @@ async def run_stream(worker: Worker, job: dict[str, Any]) -> AsyncIterator[dict[
     """Answer one OpenAI request on the generator handler: SSE text when it streams, else one object."""
     route = _route(job)
     if route != CHAT_ROUTE:
-        yield _not_chat(worker.settings, route)
+        yield _not_chat(worker, route)
         return
     async for item in worker.run_stream(job, ChatCompletions(worker)):
         yield item
@@ -156,21 +160,41 @@ def model_object(settings: Settings) -> dict[str, Any]:
     return {"id": served_model_id(settings), "object": "model", "created": STARTED, "owned_by": OWNER}
 
 
+def adapter_names(worker: Worker) -> list[str]:
+    return [adapter.name for adapter in worker.engine.info.adapters]
+
+
+def model_objects(worker: Worker) -> list[dict[str, Any]]:
+    """The base model, then each adapter as a model of its own (vLLM's shape: ``root`` and ``parent``)."""
+    base = model_object(worker.settings)
+    return [base] + [
+        {**base, "id": adapter.name, "root": adapter.source, "parent": base["id"]}
+        for adapter in worker.engine.info.adapters
+    ]
+
+
 def _route(job: dict[str, Any]) -> str:
     route = job["input"].get("openai_route") or CHAT_ROUTE  # worker-vllm's default too
     return str(route).split("?", 1)[0].rstrip("/")
 
 
-def _not_chat(settings: Settings, route: str) -> dict[str, Any]:
+def _not_chat(worker: Worker, route: str) -> dict[str, Any]:
     """``/v1/models`` and ``/v1/models/<id>``; any other route is an error."""
+    settings = worker.settings
     if route == MODELS_ROUTE:
-        return {"object": "list", "data": [model_object(settings)]}
+        return {"object": "list", "data": model_objects(worker)}
     if route.startswith(MODELS_ROUTE + "/"):
         name = route[len(MODELS_ROUTE) + 1 :]
         if name in model_aliases(settings):
             return model_object(settings)
+        adapters = {model["id"]: model for model in model_objects(worker)[1:]}
+        if name in adapters:
+            return adapters[name]
         return error_body(
-            f"model: {_no_such_model(name, settings)}", "invalid_request_error", "model", "model_not_found"
+            f"model: {_no_such_model(name, settings, list(adapters))}",
+            "invalid_request_error",
+            "model",
+            "model_not_found",
         )
     return error_body(
         f"openai_route: {route!r} is not served; this worker serves {CHAT_ROUTE} and {MODELS_ROUTE}",
@@ -180,10 +204,13 @@ def _not_chat(settings: Settings, route: str) -> dict[str, Any]:
     )
 
 
-def _no_such_model(name: object, settings: Settings) -> str:
+def _no_such_model(name: object, settings: Settings, adapters: list[str]) -> str:
     served = served_model_id(settings)
     others = ", ".join(sorted(model_aliases(settings) - {served}))
-    return f"the model {name!r} does not exist here; this worker serves {served!r} (also called {others})"
+    with_adapters = f", and its adapters {', '.join(map(repr, adapters))}" if adapters else ""
+    return (
+        f"the model {name!r} does not exist here; this worker serves {served!r} (also called {others}){with_adapters}"
+    )
 
 
 class ChatCompletions:
@@ -191,6 +218,7 @@ class ChatCompletions:
 
     def __init__(self, worker: Worker):
         self._settings = worker.settings
+        self._adapters = adapter_names(worker)
         self._fingerprint = worker.engine.info.run_mode
         self._model = served_model_id(self._settings)
         self._created = int(time.time())
@@ -231,8 +259,10 @@ class ChatCompletions:
         if "messages" not in native:
             raise OpenAIError("messages", "is required")
         model = body.get("model")
-        if model is not None and model not in model_aliases(self._settings):
-            raise OpenAIError("model", _no_such_model(model, self._settings), code="model_not_found")
+        if model in self._adapters and model not in model_aliases(self._settings):
+            native["adapter"], self._names["adapter"], self._model = model, "model", model
+        elif model is not None and model not in model_aliases(self._settings):
+            raise OpenAIError("model", _no_such_model(model, self._settings, self._adapters), code="model_not_found")
         n = body.get("n")
         if n is not None and (isinstance(n, bool) or n != 1):
             raise OpenAIError("n", "only n=1 is supported: one answer per request", code="unsupported_value")

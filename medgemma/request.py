@@ -11,6 +11,7 @@ list of ``text``, ``image_url`` and ``image`` parts. Both become the turns that
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from PIL import Image
 from medgemma.errors import InputError
 from medgemma.images import create_dummy_image, load_image
 from medgemma.prompts import DEFAULT_MODE, check_mode, system_prompt_for
-from medgemma.settings import Settings
+from medgemma.settings import BASE_ADAPTER, Settings
 
 # Aliases kept for callers of earlier MedGemma workers.
 ALIASES = {"custom_prompt": "system_prompt", "max_tokens": "max_new_tokens"}
@@ -37,6 +38,7 @@ KNOWN_FIELDS = frozenset(
         "seed",
         "stop",
         "stream",
+        "adapter",
     }
 )
 MAX_TEMPERATURE = 2.0
@@ -77,6 +79,7 @@ class GenerationRequest:
     job_id: str = "-"
     stop: tuple[str, ...] = ()  # the answer ends before the first of these (medgemma.decoding)
     turns: list[dict[str, Any]] | None = None  # a messages job: its user/assistant turns, images as PIL
+    adapter: str | None = None  # an ADAPTERS name; None: the base model
 
     @property
     def sampling_key(self) -> SamplingKey:
@@ -111,13 +114,20 @@ class Conversation:
 
 
 def parse_job_input(
-    raw: object, settings: Settings, job_id: str = "-", vision: bool = True, mode_prompts: bool = True
+    raw: object,
+    settings: Settings,
+    job_id: str = "-",
+    vision: bool = True,
+    mode_prompts: bool = True,
+    adapters: Collection[str] = (),
+    merged: bool = False,
 ) -> GenerationRequest:
     """Validate a job's ``input`` object; raise InputError naming the first bad field.
 
     ``vision`` is False for a text-only model: images are refused, and no dummy image is added.
     ``mode_prompts`` False (the OpenAI route): a messages job without a system turn gets none,
-    rather than its mode's.
+    rather than its mode's. ``adapters``: the names of the adapters this worker serves;
+    ``merged``: its one adapter is merged into the weights (ADAPTER_MERGE), so it answers every job.
     """
     if not isinstance(raw, dict):
         raise InputError("input", f"must be a JSON object, got {type(raw).__name__}")
@@ -126,6 +136,7 @@ def parse_job_input(
     if unknown:
         raise InputError(unknown[0], f"is not a known field (known: {', '.join(sorted(KNOWN_FIELDS | set(ALIASES)))})")
 
+    adapter = choose_adapter(data.get("adapter"), adapters, merged)
     conversation = None
     text = ""
     if data.get("messages") is not None:
@@ -191,7 +202,32 @@ def parse_job_input(
         job_id=job_id,
         stop=_stop(data.get("stop")),
         turns=turns,
+        adapter=adapter,
     )
+
+
+def choose_adapter(value: object, adapters: Collection[str], merged: bool = False) -> str | None:
+    """A job's ``adapter`` field -> an adapter name, or None for the base model.
+
+    On a worker whose one adapter is merged into the weights, that adapter answers every job
+    and the base model is not there to ask.
+    """
+    if merged:
+        (only,) = adapters
+        if value == BASE_ADAPTER:
+            raise InputError(
+                "adapter",
+                f"this worker serves the adapter {only!r} merged into its weights (ADAPTER_MERGE=true), "
+                "not the base model",
+            )
+        value = only if value is None else value
+    if value is None or value == BASE_ADAPTER:
+        return None
+    if not isinstance(value, str):
+        raise InputError("adapter", f"must be a string, got {type(value).__name__}")
+    if value not in adapters:
+        raise InputError("adapter", f"unknown adapter {value[:64]!r} (known: {', '.join([BASE_ADAPTER, *adapters])})")
+    return value
 
 
 def parse_messages(value: object, settings: Settings, vision: bool, name: str = "messages") -> Conversation:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +39,14 @@ DEFAULT_RUNPOD_VOLUME = "/runpod-volume"  # where RunPod mounts a network volume
 STANDIN_MODEL_ID = "standin"  # MODEL_ID=standin: the embedded stand-in, as when MODEL_ID is unset
 DEFAULT_IMAGE_URL_TIMEOUT_S = 10.0
 DEFAULT_IMAGE_URL_DEADLINE_S = 30.0
+#: vLLM's default max_lora_rank; the LoRA memory both engines reserve grows with it.
+DEFAULT_MAX_LORA_RANK = 16
+#: The adapter name meaning "no adapter" in a job's ``adapter`` field.
+BASE_ADAPTER = "base"
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+ADAPTERS_SYNTAX = (
+    "name=hub-id-or-directory, comma-separated (e.g. cardio=org/medgemma-cardio-lora,notes=/adapters/notes)"
+)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -53,8 +62,21 @@ STATIC_AND_COMPILE_REFUSAL = (
     "so compiling model.forward on top compiles it twice; set only one of them"
 )
 
+ADAPTERS_AND_COMPILE_REFUSAL = (
+    "ADAPTERS can't be combined with STATIC_CACHE=true or TORCH_COMPILE=true: each batch's choice of "
+    "adapters per row changes the compiled graph; unset one of them"
+)
+
 T = TypeVar("T")
 D = TypeVar("D")  # a default: the parsed type, or None for "unset"
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """One ``ADAPTERS`` entry: the name jobs choose it by, and where its files are."""
+
+    name: str
+    source: str  # a hub id, or a local directory holding adapter_config.json
 
 
 @dataclass(frozen=True)
@@ -95,6 +117,9 @@ class Settings:
     image_url_allow_addresses: tuple[IPNetwork, ...]  # exempt from the SSRF rules (tests)
     image_url_timeout_s: float  # connect, and each read
     image_url_deadline_s: float  # one whole fetch, redirects included
+    adapters: tuple[AdapterSpec, ...] = ()  # PEFT LoRA adapters served on top of the model
+    max_lora_rank: int = DEFAULT_MAX_LORA_RANK
+    adapter_merge: bool = False  # the one adapter merged into the weights (transformers engine; no base model)
 
     @property
     def uses_standin(self) -> bool:
@@ -121,6 +146,15 @@ class Settings:
         torch_compile = reader.boolean("TORCH_COMPILE", default=False)
         if static_cache and torch_compile:
             raise SettingsError(STATIC_AND_COMPILE_REFUSAL)
+        adapters = adapter_specs(env.get("ADAPTERS", ""))
+        if adapters and (static_cache or torch_compile):
+            raise SettingsError(ADAPTERS_AND_COMPILE_REFUSAL)
+        adapter_merge = reader.boolean("ADAPTER_MERGE", default=False)
+        if adapter_merge and len(adapters) != 1:
+            raise SettingsError(
+                f"ADAPTER_MERGE=true merges one adapter into the weights, but ADAPTERS names {len(adapters)}; "
+                "name exactly one, or unset ADAPTER_MERGE to serve them side by side"
+            )
         hf_home = env.get("HF_HOME") or None
         hf_root = Path(hf_home or Path.home() / ".cache" / "huggingface")
         return cls(
@@ -161,6 +195,9 @@ class Settings:
             image_url_deadline_s=reader.number(
                 "IMAGE_URL_DEADLINE_S", DEFAULT_IMAGE_URL_DEADLINE_S, low=0.1, high=3600
             ),
+            adapters=adapters,
+            max_lora_rank=reader.integer("MAX_LORA_RANK", DEFAULT_MAX_LORA_RANK, minimum=1),
+            adapter_merge=adapter_merge,
         )
 
 
@@ -201,6 +238,35 @@ def resolve_model_id(model_id: str | None) -> str | None:
         f"MODEL_ID {model_id!r} holds no config.json"
         + (f" and {len(children)} candidate subdirectories; point it at one" if children else "")
     )
+
+
+def adapter_specs(raw: str) -> tuple[AdapterSpec, ...]:
+    """``ADAPTERS``: ``name=source`` entries, comma-separated; a bare source is named after its last part.
+
+    A source is a hub id or a local directory; one that looks like a path must be a directory.
+    """
+    specs: list[AdapterSpec] = []
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        name, source = (part.strip() for part in (entry.split("=", 1) if "=" in entry else ("", entry)))
+        if not source:
+            raise SettingsError(f"ADAPTERS entry {entry!r} names no adapter; write {ADAPTERS_SYNTAX}")
+        name = name or Path(source.rstrip("/")).name
+        if name == BASE_ADAPTER:
+            raise SettingsError(f"ADAPTERS entry {entry!r}: the name {BASE_ADAPTER!r} is reserved for the base model")
+        if not ADAPTER_NAME.fullmatch(name):
+            raise SettingsError(
+                f"ADAPTERS entry {entry!r}: the name {name!r} must be 1-64 letters, digits, '.', '_' or '-'; "
+                f"write {ADAPTERS_SYNTAX}"
+            )
+        if any(spec.name == name for spec in specs):
+            raise SettingsError(f"ADAPTERS names {name!r} twice; give each adapter its own name")
+        path = Path(source).expanduser()
+        if (source.startswith(("/", ".", "~")) or path.exists()) and not path.is_dir():
+            raise SettingsError(f"ADAPTERS entry {name!r}: {source!r} is not a directory (nor a hub id like org/name)")
+        specs.append(AdapterSpec(name, str(path) if path.is_dir() else source))
+    return tuple(specs)
 
 
 def ca_bundle(name: str, raw: str) -> Path | None:

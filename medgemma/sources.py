@@ -18,12 +18,16 @@ is loaded from its snapshot directory, offline:
 With none, it is downloaded: into the network volume's cache when one is mounted, so the
 next worker finds it there, else into ``HF_HOME``. The label says which, and is reported
 in the log and as the output's ``model``, e.g. ``google/medgemma-1.5-4b-it (runpod-cache:1a2b3c4d5e6f)``.
+
+LoRA adapters (``ADAPTERS``) are found by the same rules as ``MODEL_ID`` (``resolve_repo``),
+a complete copy being one with the adapter's files.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,47 +63,55 @@ def resolve_source(settings: Settings, text_only: bool = False) -> ModelSource:
 
 
 def _resolve(settings: Settings, text_only: bool) -> ModelSource:
-    model_id = settings.model_id
-    if model_id is None:
+    if settings.model_id is None:
         from medgemma import standin
 
         path = (standin.ensure_text_standin if text_only else standin.ensure_standin)(settings.standin_cache)
         return ModelSource(str(path), f"{STANDIN_PREFIX}{path}", local_only=True)
-    if Path(model_id).is_dir():
-        return ModelSource(model_id, model_id, local_only=True)
+    return resolve_repo(settings.model_id, settings)
+
+
+def resolve_repo(name: str, settings: Settings, complete: Callable[[Path], bool] | None = None) -> ModelSource:
+    """Where the loaders find ``name``, a hub id or a local directory (the model's and the adapters' rule).
+
+    ``complete``: what a usable snapshot holds (default: a checkpoint's config and all its weights).
+    """
+    if Path(name).is_dir():
+        return ModelSource(name, name, local_only=True)
     volume = settings.runpod_volume
     for kind, hub_cache in (
         ("baked", settings.hf_hub_cache),
         ("runpod-cache", volume / RUNPOD_CACHE_SUBDIR),
         ("network-volume", volume / VOLUME_CACHE_SUBDIR),
     ):
-        snapshot = find_snapshot(hub_cache, model_id)
+        snapshot = find_snapshot(hub_cache, name, complete)
         if snapshot is not None:
-            return ModelSource(str(snapshot), f"{model_id} ({kind}:{snapshot.name[:HASH_SHOWN]})", local_only=True)
+            return ModelSource(str(snapshot), f"{name} ({kind}:{snapshot.name[:HASH_SHOWN]})", local_only=True)
     if volume.is_dir():
         cache = volume / VOLUME_CACHE_SUBDIR
-        return ModelSource(model_id, f"{model_id} (download to network volume)", settings.offline, str(cache))
-    return ModelSource(model_id, f"{model_id} (download)", local_only=settings.offline)
+        return ModelSource(name, f"{name} (download to network volume)", settings.offline, str(cache))
+    return ModelSource(name, f"{name} (download)", local_only=settings.offline)
 
 
-def find_snapshot(hub_cache: Path, model_id: str) -> Path | None:
-    """The complete snapshot of ``model_id`` in a Hugging Face hub cache, or None.
+def find_snapshot(hub_cache: Path, repo_id: str, complete: Callable[[Path], bool] | None = None) -> Path | None:
+    """The complete snapshot of ``repo_id`` in a Hugging Face hub cache, or None.
 
     The layout is the hub's own: ``models--<org>--<name>/snapshots/<commit>/`` with
     ``refs/main`` naming the commit. That one is preferred; otherwise the newest complete
     snapshot. An interrupted download leaves an incomplete snapshot, which is skipped.
     """
-    repo = hub_cache / f"models--{model_id.replace('/', '--')}"
+    complete = complete or is_complete
+    repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
     snapshots = repo / "snapshots"
     if not snapshots.is_dir():
         return None
     ref = repo / "refs" / "main"
     if ref.is_file():
         named = snapshots / ref.read_text().strip()
-        if is_complete(named):
+        if complete(named):
             return named
-    complete = [path for path in snapshots.iterdir() if is_complete(path)]
-    return max(complete, key=lambda path: path.stat().st_mtime) if complete else None
+    usable = [path for path in snapshots.iterdir() if complete(path)]
+    return max(usable, key=lambda path: path.stat().st_mtime) if usable else None
 
 
 def is_complete(snapshot: Path) -> bool:

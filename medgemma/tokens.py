@@ -15,6 +15,7 @@ Both engines build their prompts here, so the rule is proven once and holds for 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,12 @@ from PIL import Image
 # with the template's own text, and the template never sees caller text at all.
 _PLACEHOLDER = "\ue000{}\ue001"
 _PLACEHOLDER_PATTERN = re.compile("\ue000(\\d+)\ue001")
+# A fast tokenizer keeps ``split_special_tokens`` as one switch on its shared Rust backend,
+# flipped by each call that passes it. Two prompts built at once on different threads (jobs
+# are prepared off the event loop) would flip it under each other: the template's markup split
+# into plain text, or, worse, caller text read with its control-token strings live. Building
+# one prompt at a time keeps each call's switch its own.
+_TOKENIZING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,10 @@ class PromptBuilder:
         if images and self._image_sequence is None:
             raise ValueError("images for a text-only model: request validation lets none through")
 
+        with _TOKENIZING:
+            return Prompt(ids=self._ids(conversation, texts), images=images)
+
+    def _ids(self, conversation: list[dict[str, Any]], texts: list[str]) -> list[int]:
         rendered = self._tokenizer.apply_chat_template(
             conversation, chat_template=self._template, tokenize=False, add_generation_prompt=True
         )
@@ -85,7 +96,7 @@ class PromptBuilder:
             ]
             position = match.end()
         ids += self._markup_ids(rendered[position:])
-        return Prompt(ids=ids, images=images)
+        return ids
 
     def _markup_ids(self, markup: str) -> list[int]:
         """The template's own text: its special tokens are real, and image placeholders expand."""

@@ -65,8 +65,10 @@ class Worker:
         worker = cls(settings, load_engine(settings))
         info = worker.engine.info
         log.info(
-            "cold start done in %.1f s: engine=%s model=%s run_mode=%s load_s=%.1f max_concurrency=%d",
-            time.perf_counter() - started, info.engine, info.source, info.run_mode, info.load_seconds,
+            "cold start done in %.1f s: engine=%s model=%s revision=%s adapters=%s run_mode=%s load_s=%.1f "
+            "max_concurrency=%d",
+            time.perf_counter() - started, info.engine, info.source, info.revision,
+            ",".join(adapter.name for adapter in info.adapters) or "none", info.run_mode, info.load_seconds,
             worker.max_concurrency,
         )  # fmt: skip
         return worker
@@ -123,14 +125,28 @@ class Worker:
             yield dialect.failed(failure, {"error": str(failure)})
 
     def validate(self, job: dict[str, Any], mode_prompts: bool = True) -> GenerationRequest:
-        """A native job's input as a GenerationRequest for this worker's model."""
+        """A native job's input as a GenerationRequest for this worker's model (and its adapters)."""
+        info = self.engine.info
         return parse_job_input(
             job.get("input"),
             self.settings,
             job_id=str(job.get("id", "-")),
-            vision=self.engine.info.vision,
+            vision=info.vision,
             mode_prompts=mode_prompts,
+            adapters=[adapter.name for adapter in info.adapters],
+            merged=self.settings.adapter_merge,
         )
+
+    def provenance(self, adapter_name: str | None) -> dict[str, str | None]:
+        """Which weights answered: the base model's source and revision, and the adapter's (None: none)."""
+        info = self.engine.info
+        adapter = next((adapter for adapter in info.adapters if adapter.name == adapter_name), None)
+        return {
+            "model": self.settings.model_id or info.source,
+            "model_revision": info.revision,
+            "adapter": adapter.name if adapter else None,
+            "adapter_revision": adapter.revision if adapter else None,
+        }
 
     def _shaped(self, request: GenerationRequest, result: EngineResult, started: float) -> dict[str, Any]:
         completion, info = result.completion, self.engine.info
@@ -143,11 +159,12 @@ class Worker:
             "total_s": round(total, 4),
         }
         log.info(
-            "job %s done: engine=%s mode=%s images=%d dummy=%s prompt_tokens=%d completion_tokens=%d finish=%s "
-            "batch=%d queue_s=%.3f ttft_s=%.3f generate_s=%.3f",
-            request.job_id, info.engine, request.mode, len(request.images), request.used_dummy_image,
-            completion.prompt_tokens, completion.completion_tokens, completion.finish_reason, result.batch_size,
-            result.queue_seconds, completion.time_to_first_token, completion.generate_seconds,
+            "job %s done: engine=%s adapter=%s mode=%s images=%d dummy=%s prompt_tokens=%d completion_tokens=%d "
+            "finish=%s batch=%d queue_s=%.3f ttft_s=%.3f generate_s=%.3f",
+            request.job_id, info.engine, request.adapter or "base", request.mode, len(request.images),
+            request.used_dummy_image, completion.prompt_tokens, completion.completion_tokens,
+            completion.finish_reason, result.batch_size, result.queue_seconds, completion.time_to_first_token,
+            completion.generate_seconds,
         )  # fmt: skip
         return {
             "output": completion.text,
@@ -159,6 +176,8 @@ class Worker:
             "used_dummy_image": request.used_dummy_image,
             "batch_size": result.batch_size,
             "timings": timings,
+            "adapter": request.adapter,
+            "provenance": self.provenance(request.adapter),
         }
 
     @staticmethod

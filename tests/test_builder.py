@@ -224,6 +224,27 @@ def test_a_failed_download_is_one_line_and_never_shows_the_token(tmp_path: Path)
     assert FAKE_TOKEN not in result.stdout + result.stderr
 
 
+def test_download_bakes_the_hub_adapters_and_skips_local_ones(tmp_path: Path) -> None:
+    model, local_adapter = tmp_path / "medgemma", tmp_path / "notes"
+    for directory in (model, local_adapter):
+        directory.mkdir()
+    (model / "config.json").write_text("{}")
+    token_file = tmp_path / "hf_token"
+    token_file.write_text(FAKE_TOKEN)
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PRELOAD_MODEL": "true", "MODEL_ID": str(model)}
+
+    local = run_script("download_model", env={**env, "ADAPTERS": f"notes={local_adapter}"})
+    assert local.returncode == 0, local.stderr
+    assert "nothing to download" in local.stdout
+
+    # Offline, the download of the hub adapter is attempted and fails in one line.
+    hub = {**env, "ADAPTERS": f"notes={local_adapter},cardio=org/medgemma-cardio-lora"}
+    result = run_script("download_model", "--token-file", str(token_file), env=hub)
+    assert result.returncode == 1
+    assert result.stderr.startswith("download_model: downloading org/medgemma-cardio-lora failed:")
+    assert len(result.stderr.strip().splitlines()) == 1 and FAKE_TOKEN not in result.stdout + result.stderr
+
+
 # ---- python -m builder.prequantize ---------------------------------------------------
 
 

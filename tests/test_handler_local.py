@@ -31,6 +31,8 @@ OUTPUT_KEYS = {
     "used_dummy_image",
     "batch_size",
     "timings",
+    "adapter",
+    "provenance",
 }
 
 

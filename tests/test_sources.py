@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from medgemma.settings import Settings
+from medgemma.adapters import fetch
+from medgemma.settings import AdapterSpec, Settings
 from medgemma.sources import ModelSource, find_snapshot, resolve_source
 from tests.conftest import REPO, TEST_ENV
 
@@ -30,9 +31,11 @@ def hub_repo(hub_cache: Path, model_id: str = MODEL) -> Path:
     return hub_cache / f"models--{model_id.replace('/', '--')}"
 
 
-def lay_out(hub_cache: Path, commit: str = COMMIT, files: dict[str, bytes] | None = None, ref: bool = True) -> Path:
+def lay_out(
+    hub_cache: Path, commit: str = COMMIT, files: dict[str, bytes] | None = None, ref: bool = True, repo_id: str = MODEL
+) -> Path:
     """A snapshot in the hub's layout: files in blobs/, the snapshot's entries symlinks to them."""
-    repo = hub_repo(hub_cache)
+    repo = hub_repo(hub_cache, repo_id)
     snapshot = repo / "snapshots" / commit
     snapshot.mkdir(parents=True)
     (repo / "blobs").mkdir(exist_ok=True)
@@ -159,6 +162,20 @@ def test_hf_hub_cache_moves_the_baked_location(tmp_path):
     snapshot = lay_out(tmp_path / "elsewhere")
     source = resolve_source(settings_for(tmp_path, HF_HUB_CACHE=str(tmp_path / "elsewhere")))
     assert source.location == str(snapshot) and source.label.endswith(f"(baked:{COMMIT[:12]})")
+
+
+def test_an_adapter_is_found_in_the_same_order_and_only_with_both_its_files(tmp_path):
+    """ADAPTERS entries follow MODEL_ID's rule; a model's files are not an adapter's (nor the reverse)."""
+    adapter = "org/medgemma-cardio-lora"
+    files = {"adapter_config.json": b"{}", "adapter_model.safetensors": b"weights"}
+    settings = settings_for(tmp_path, HF_HUB_OFFLINE="1")
+    spec = AdapterSpec("cardio", adapter)
+    lay_out(baked(tmp_path), files={"adapter_config.json": b"{}"}, repo_id=adapter)  # interrupted: no weights
+    in_volume = lay_out(network_volume(tmp_path), OTHER_COMMIT, files=files, repo_id=adapter)
+    assert fetch(spec, settings) == in_volume
+    in_runpod_cache = lay_out(runpod_cache(tmp_path), files=files, repo_id=adapter)
+    assert fetch(spec, settings) == in_runpod_cache
+    assert find_snapshot(runpod_cache(tmp_path), adapter) is None  # not a checkpoint: no config.json
 
 
 # ---- the stand-in, laid out as RunPod's cached models are ------------------------------------

@@ -7,6 +7,7 @@ real Gemma 3 tokenizer and processor; the job tests run the real handler on each
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from PIL import Image
@@ -97,6 +98,19 @@ def test_control_strings_in_every_position_leave_the_template_intact(backend, se
             assert controls_in(prepared.prompt.ids, tokenizer) == controls_in(
                 backend.prepare(request_for(settings)).prompt.ids, tokenizer
             ), (marker, text)
+
+
+def test_prompts_built_on_many_threads_at_once_are_the_prompts_built_alone(backend, settings):
+    """Jobs are prepared on worker threads, and the tokenizer's split-special-tokens switch is shared."""
+    requests = [
+        request_for(settings, text=HOSTILE),
+        request_for(settings),
+        request_for(settings, system_prompt=HOSTILE),
+    ]
+    alone = [backend.prompts.build(request.messages()).ids for request in requests]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda request: backend.prompts.build(request.messages()).ids, requests * 100))
+    assert together == alone * 100
 
 
 @pytest.mark.parametrize("field", ["text", "system_prompt"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 
+from medgemma.adapters import resolve_adapters
 from medgemma.engines.base import Engine
 from medgemma.errors import SettingsError
 from medgemma.settings import Settings
@@ -29,14 +30,27 @@ def choose_engine(setting: str, vllm_installed: bool, cuda: bool) -> str:
 
 
 def load_engine(settings: Settings) -> Engine:
-    """Resolve the weights, then start the chosen engine on them (the cold start)."""
+    """Resolve the weights and check the adapters, then start the chosen engine on them (the cold start)."""
     import torch
 
+    from medgemma.engines.modules import model_modules
+
     name = choose_engine(settings.engine, importlib.util.find_spec("vllm") is not None, torch.cuda.is_available())
+    if settings.adapter_merge and name == "vllm":
+        raise SettingsError(
+            "ADAPTER_MERGE=true is for ENGINE=transformers: vLLM serves adapters side by side with its own LoRA "
+            "kernels; unset ADAPTER_MERGE"
+        )
+    source = resolve_source(settings, text_only=name == "vllm")
+    adapters = resolve_adapters(settings, source, model_modules(source)) if settings.adapters else ()
     if name == "vllm":
         from medgemma.engines import vllm
 
-        return vllm.start(settings, resolve_source(settings, text_only=True))
-    from medgemma.engines import transformers
+        engine: Engine = vllm.start(settings, source)
+    else:
+        from medgemma.engines import transformers
 
-    return transformers.start(settings, resolve_source(settings))
+        engine = transformers.start(settings, source)
+    if adapters:
+        engine.load_adapters(adapters)
+    return engine

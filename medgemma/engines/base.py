@@ -7,10 +7,11 @@ on either; they differ in how they batch and run the model. Nothing here imports
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from medgemma.adapters import Adapter
 from medgemma.errors import HostError, InputError
 from medgemma.request import GenerationRequest
 from medgemma.tokens import Prompt
@@ -41,6 +42,8 @@ class ModelInfo:
     context_length: int  # prompt tokens + max_new_tokens must fit
     vision: bool  # False: a text-only checkpoint, which takes no images
     max_concurrency: int  # jobs this engine holds at once: MAX_CONCURRENCY's default
+    revision: str = ""  # the weights' hub commit or content hash (medgemma.provenance)
+    adapters: tuple[Adapter, ...] = ()  # the LoRA adapters served on top (Engine.load_adapters)
 
 
 @dataclass
@@ -90,6 +93,13 @@ class Engine(Protocol):
 
     def stream(self, prepared: Prepared) -> AsyncIterator[str | EngineResult]:
         """Text deltas as they are generated, then the EngineResult."""
+        ...
+
+    def load_adapters(self, adapters: Sequence[Adapter]) -> None:
+        """Load checked LoRA adapters once, at start-up; then ``request.adapter`` picks one per job.
+
+        Jobs for different adapters may share a batch. Sets ``info.adapters``.
+        """
         ...
 
     def close(self) -> None: ...

@@ -27,10 +27,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from medgemma.adapters import Adapter
 from medgemma.decoding import DeltaCallback
 from medgemma.engines.base import Completion, EngineResult, ModelInfo, Prepared, host_fault
 from medgemma.engines.memory import GIB
@@ -65,6 +66,8 @@ class Backend(Protocol):
     def memory_budget(self) -> int | None:
         """Bytes the next batch's KV cache may take now; None: no limit known."""
         ...
+
+    def load_adapters(self, adapters: Sequence[Adapter]) -> None: ...
 
 
 @dataclass
@@ -145,6 +148,11 @@ class BatchEngine:
                 return
         finally:
             task.cancel()  # the caller went away: nobody waits for this job's answer
+
+    def load_adapters(self, adapters: Sequence[Adapter]) -> None:
+        """Load them on the backend (before any job runs: warmup); rows of one batch may use different ones."""
+        self.backend.load_adapters(adapters)
+        self.info = self.backend.info
 
     def close(self) -> None:
         self._inbox.put(_STOP)

@@ -12,19 +12,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from medgemma import provenance
+from medgemma.adapters import Adapter
 from medgemma.decoding import DeltaCallback, RowDecoder, think_token_ids
 from medgemma.engines.base import Completion, ModelInfo, Prepared, check_context
 from medgemma.engines.batching import BatchEngine
 from medgemma.engines.hf_loading import LoadedCheckpoint, load_checkpoint
 from medgemma.engines.memory import KVCacheShape, system_memory, usable_bytes
-from medgemma.errors import GenerationFailed
+from medgemma.errors import GenerationFailed, SettingsError
 from medgemma.request import GenerationRequest, SamplingKey
 from medgemma.settings import DEFAULT_GPU_MEMORY_UTILIZATION, Settings
 from medgemma.sources import ModelSource
@@ -33,6 +36,8 @@ from medgemma.tokens import ImageSequence, PromptBuilder
 log = logging.getLogger(__name__)
 
 DEFAULT_SAMPLING = {"top_k": 64, "top_p": 0.95}  # MedGemma's published defaults
+#: PEFT's name for "no adapter" in a mixed batch's ``adapter_names``.
+PEFT_BASE = "__base__"
 
 
 def start(settings: Settings, source: ModelSource) -> BatchEngine:
@@ -57,6 +62,7 @@ class HFBackend:
         info: ModelInfo,
         static_cache: bool = False,
         memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
+        merge_adapters: bool = False,
     ):
         self.processor = processor
         self.model = model
@@ -65,6 +71,8 @@ class HFBackend:
         self.memory_utilization = memory_utilization
         self.tokenizer = processor.tokenizer
         self.static_cache = static_cache
+        self.merge_adapters = merge_adapters  # ADAPTER_MERGE: the one adapter goes into the weights
+        self._separate_adapters = False  # each row of a batch names its adapter (PEFT's adapter_names)
         self.generation_hook: Callable[[SamplingKey], dict[str, Any]] | None = None
         self.prompts = PromptBuilder(
             self.tokenizer,
@@ -106,6 +114,7 @@ class HFBackend:
             # finished in 134 s against 221 s (bench/RESULTS.md, bench.load); a lone job is a
             # batch of one either way. Only very short answers (2-4 tokens) lose (0.84x).
             max_concurrency=settings.max_batch_size,
+            revision=provenance.revision(source),
         )
         if settings.torch_compile and runtime.device == "cuda" and runtime.quantization == "none":
             checkpoint.model.forward = torch.compile(checkpoint.model.forward, mode="reduce-overhead", dynamic=True)
@@ -115,6 +124,7 @@ class HFBackend:
             info,
             static_cache=settings.static_cache and runtime.device == "cuda",
             memory_utilization=settings.gpu_memory_utilization,
+            merge_adapters=settings.adapter_merge,
         )
 
     @property
@@ -137,6 +147,48 @@ class HFBackend:
         ram = system_memory()
         return None if ram is None else ram[0]
 
+    def load_adapters(self, adapters: Sequence[Adapter]) -> None:
+        """Put the adapters on the model with PEFT, kept separate so that each row of a batch picks its own,
+        or (ADAPTER_MERGE) the one adapter merged into the weights."""
+        from peft import PeftModel
+
+        if self.merge_adapters:
+            self._merge(adapters)
+            return
+        self._separate_adapters = True
+        for adapter in adapters:
+            started = time.perf_counter()
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(adapter.path, adapter_name=adapter.name, is_trainable=False)
+            else:
+                self.model = PeftModel.from_pretrained(
+                    self.model, adapter.path, adapter_name=adapter.name, is_trainable=False
+                )
+            log.info(
+                "adapter %s loaded in %.2f s: rank %d, %d layers, revision %s",
+                adapter.name, time.perf_counter() - started, adapter.rank, adapter.layers, adapter.revision,
+            )  # fmt: skip
+        self.model.eval()
+        self.info = replace(self.info, adapters=(*self.info.adapters, *adapters))
+
+    def _merge(self, adapters: Sequence[Adapter]) -> None:
+        from peft import PeftModel
+
+        (adapter,) = adapters  # settings allow exactly one
+        if self.info.quantization != "none":
+            raise SettingsError(
+                f"ADAPTER_MERGE=true needs unquantized weights: merging adapter {adapter.name!r} into "
+                f"{self.info.quantization} weights would round it away; set QUANTIZATION=none, or unset ADAPTER_MERGE"
+            )
+        started = time.perf_counter()
+        peft_model = PeftModel.from_pretrained(self.model, adapter.path, is_trainable=False)
+        self.model = peft_model.merge_and_unload().eval()
+        log.info(
+            "adapter %s merged into the weights in %.2f s: rank %d, %d layers, revision %s",
+            adapter.name, time.perf_counter() - started, adapter.rank, adapter.layers, adapter.revision,
+        )  # fmt: skip
+        self.info = replace(self.info, adapters=(adapter,))
+
     def prepare(self, request: GenerationRequest) -> Prepared:
         """Token ids (caller text as plain text), image pixels, and the context check."""
         started = time.perf_counter()
@@ -158,8 +210,9 @@ class HFBackend:
     ) -> list[Completion]:
         """Decode ``batch`` together; every row gets the answer it would get alone (greedy).
 
-        All rows must share one SamplingKey. ``on_delta[i]``, when given, receives row i's
-        answer text as it is generated.
+        All rows must share one SamplingKey; each row's adapter (``request.adapter``) is its own
+        (PEFT's mixed-adapter batches). ``on_delta[i]``, when given, receives row i's answer
+        text as it is generated.
         """
         keys = {prepared.request.sampling_key for prepared in batch}
         if len(keys) != 1:
@@ -173,6 +226,8 @@ class HFBackend:
         streamer = _BatchStreamer(decoders)
         # A row whose answer reached a stop string ends there, as if it had generated EOS.
         stopping = StoppingCriteriaList([_DecoderStopped(decoders)] if any(p.request.stop for p in batch) else [])
+        rows = [prepared.request.adapter or PEFT_BASE for prepared in batch]
+        adapters = {"adapter_names": rows} if self._separate_adapters else {}
         with self._lock, torch.inference_mode():
             if key.seed is not None:
                 torch.manual_seed(key.seed)
@@ -183,6 +238,7 @@ class HFBackend:
                     generation_config=self._generation_config(key),
                     streamer=streamer,
                     stopping_criteria=stopping,
+                    **adapters,
                 )
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache()
