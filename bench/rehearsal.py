@@ -19,9 +19,15 @@ process so that no two copies of the model are ever in memory together:
 
 Each step's load time and its process's peak memory (RSS, and the anonymous part of it: RSS
 also counts the checkpoint's file pages the loader maps, which the kernel can drop) are
-recorded, with token counts and times to first token. Before a step it waits, up to
-``--wait-s``, until the machine has the RAM it needs, so it never pushes a shared machine
-into swap or the OOM killer. Not part of the test suite, except as the reduced-depth check.
+recorded, with token counts and times to first token.
+
+It never pushes a shared machine into the OOM killer. Each step's need is estimated from the
+parameter count (``step_need``: the weights as that step holds them, the loader's one-shard
+transient, the interpreter); a step waits up to ``--wait-s`` for that much RAM to be
+available, else it is reported as ``skipped: needs ~X GiB, Y GiB available``. While a step
+runs, a watchdog stops it if the machine's available RAM falls under ``FLOOR_GIB`` (other
+processes grew), and says so. Not part of the test suite; its reduced-depth run is the
+suite's ``--bench`` check (``tests/test_rehearsal.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -43,11 +50,19 @@ import psutil
 
 from bench.common import GIB, REPO_ROOT, Report, command_line, fmt_bytes
 from bench.cpu import load_documents
+from bench.gpu import TEXT_SHAPES, VISION_SHAPES
 
 RESULTS_PATH = REPO_ROOT / "bench" / "RESULTS.md"
 STEPS = ("build", "float32", "nf4", "prequantize", "prequantized")
-# RAM a step needs free before it starts, at full depth (measured: README / bench/RESULTS.md).
-NEEDS_GIB = {"build": 15, "float32": 20, "nf4": 13, "prequantize": 13, "prequantized": 6}
+# Bytes per parameter each step holds at its peak, on top of the loader's shard and the
+# interpreter. build: the bf16 model and the save's buffers (measured: 10.2 GB anonymous for
+# 4.30 B parameters, 2.4 B/param); float32: the float32 weights; nf4 and prequantize: the
+# bf16 weights being quantized (prequantize measured 12.2 GB RSS); prequantized: the 4-bit
+# weights, with the bf16 embeddings and vision tower (its output is 3.26 GB).
+BYTES_PER_PARAMETER = {"build": 2.4, "float32": 4.0, "nf4": 2.5, "prequantize": 2.5, "prequantized": 1.0}
+SHARD_BYTES = 2 * 10**9  # the checkpoint's shard size (max_shard_size): the loader holds one more in flight
+RUNTIME_BYTES = GIB  # Python, torch, transformers, the tokenizer, a job's activations
+FLOOR_GIB = 0.5  # the watchdog stops a step when the machine's available RAM falls under this
 STANDIN_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -71,11 +86,15 @@ CHILD_ENV = {
 
 
 class ChildMemory:
-    """Peak RSS and peak anonymous RSS of a process, sampled on a thread."""
+    """Peak RSS and peak anonymous RSS of a process, sampled on a thread; the process is
+    stopped (SIGKILL, before the kernel's OOM killer picks a victim) if the machine's
+    available RAM falls under ``floor`` bytes."""
 
-    def __init__(self, pid: int, interval_s: float = 0.1):
-        self.pid, self.interval = pid, interval_s
+    def __init__(self, pid: int, interval_s: float = 0.1, floor: int = int(FLOOR_GIB * GIB)):
+        self.pid, self.interval, self.floor = pid, interval_s, floor
         self.peak_rss = self.peak_anon = 0
+        self.least_available: int | None = None
+        self.stopped = False  # the watchdog killed it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -88,6 +107,12 @@ class ChildMemory:
             except (OSError, KeyError, ValueError):
                 return
             self.peak_rss, self.peak_anon = max(self.peak_rss, rss), max(self.peak_anon, anon)
+            available = psutil.virtual_memory().available
+            self.least_available = min(available, self.least_available or available)
+            if available < self.floor:
+                self.stopped = True
+                os.kill(self.pid, signal.SIGKILL)
+                return
 
     def __enter__(self) -> ChildMemory:
         self._thread.start()
@@ -98,6 +123,39 @@ class ChildMemory:
         self._thread.join()
 
 
+def parameter_count(text_layers: int | None = None, vision_layers: int | None = None) -> int:
+    """Gemma3ForConditionalGeneration's parameters at ``bench.gpu``'s shapes, counted from them (no torch).
+
+    The rehearsal's parent never imports torch (it would hold ~1 GiB beside each step);
+    ``tests/test_rehearsal.py`` holds this count to the built model's.
+    """
+    text, vision = TEXT_SHAPES, VISION_SHAPES
+    hidden, head_dim, inter = text["hidden_size"], text["head_dim"], text["intermediate_size"]
+    attention = hidden * head_dim * (2 * text["num_attention_heads"] + 2 * text["num_key_value_heads"])
+    decoder_layer = attention + 3 * hidden * inter + 2 * head_dim + 4 * hidden  # + q/k norms, 4 RMS norms
+    width, v_inter = vision["hidden_size"], vision["intermediate_size"]
+    patches = (vision["image_size"] // vision["patch_size"]) ** 2
+    vision_layer = 4 * (width * width + width) + 2 * width * v_inter + v_inter + width + 4 * width
+    embeddings = 3 * vision["patch_size"] ** 2 * width + width + patches * width  # patches, positions
+    return (
+        text["vocab_size"] * hidden  # the embedding, tied to the LM head
+        + (text_layers or text["num_hidden_layers"]) * decoder_layer
+        + hidden  # the final norm
+        + (vision_layers or vision["num_hidden_layers"]) * vision_layer
+        + embeddings
+        + 2 * width  # the vision tower's final norm
+        + width * hidden
+        + width  # the projector and its norm
+    )
+
+
+def step_need(step: str, parameters: int) -> int:
+    """Bytes of RAM ``step`` needs available when it starts, for a model of ``parameters``."""
+    weights = int(parameters * BYTES_PER_PARAMETER[step])
+    shard = 0 if step == "build" else min(SHARD_BYTES, 2 * parameters)
+    return weights + shard + RUNTIME_BYTES
+
+
 def wait_for_memory(need_gib: float, wait_s: float) -> float:
     """Block until ``need_gib`` of RAM is available (or ``wait_s`` passed); returns GiB available."""
     deadline = time.monotonic() + wait_s
@@ -105,12 +163,12 @@ def wait_for_memory(need_gib: float, wait_s: float) -> float:
         available = psutil.virtual_memory().available / GIB
         if available >= need_gib or time.monotonic() >= deadline:
             return available
-        print(f"rehearsal: {available:.1f} GiB free, waiting for {need_gib} GiB", file=sys.stderr)
+        print(f"rehearsal: {available:.1f} GiB free, waiting for {need_gib:.1f} GiB", file=sys.stderr)
         time.sleep(15)
 
 
 def run_step(step: str, spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """One step in a fresh interpreter, its memory sampled from outside; returns its result."""
+    """One step in a fresh interpreter, its memory sampled (and watched) from outside; returns its result."""
     result_path = workdir / f"{step}.json"
     result_path.unlink(missing_ok=True)
     command = [sys.executable, "-m", "bench.rehearsal", "--role", step, "--spec", json.dumps(spec)]
@@ -127,6 +185,11 @@ def run_step(step: str, spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     with ChildMemory(process.pid) as memory:
         stdout, stderr = process.communicate()
     wall = time.perf_counter() - started
+    least = f"{(memory.least_available or 0) / GIB:.1f} GiB"
+    if memory.stopped:
+        raise RuntimeError(f"stopped: the machine's available RAM fell to {least} (other processes grew)")
+    if process.returncode == -signal.SIGKILL:
+        raise RuntimeError(f"killed (SIGKILL: the kernel's OOM killer?); least RAM available during the step {least}")
     if process.returncode != 0:
         raise RuntimeError(f"{step} exited {process.returncode}: {stderr.strip()[-600:]}")
     result = json.loads(result_path.read_text()) if result_path.is_file() else {"stdout": stdout.strip()}
@@ -378,12 +441,13 @@ def main(argv: list[str] | None = None) -> None:
     ]
     results: dict[str, Any] = {}
     results_path = args.workdir / "results.json"
+    parameters = parameter_count(args.text_layers, args.vision_layers)
     for step in steps:
-        need = NEEDS_GIB[step] if not reduced else 2
+        need = step_need(step, parameters) / GIB
         available = wait_for_memory(need, args.wait_s)
-        report.section(f"{step} (started with {available:.1f} GiB of RAM available)")
+        report.section(f"{step} (needs ~{need:.1f} GiB; started with {available:.1f} GiB of RAM available)")
         if available < need:
-            report.failed(step, f"skipped: {available:.1f} GiB available, {need} GiB needed")
+            report.skipped(step, f"needs ~{need:.1f} GiB, {available:.1f} GiB available")
             report.write()
             continue
         print(f"rehearsal: {step}", file=sys.stderr)

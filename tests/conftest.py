@@ -31,10 +31,17 @@ SERVER_START_TIMEOUT_S = 300
 DEFAULT_TEST_TIMEOUT_S = 600
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--bench", action="store_true", help="also run the benchmarks' reduced runs (minutes, GBs)")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "model: needs the embedded stand-in model (built once, cached)")
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
     config.addinivalue_line("markers", "slow: takes more than a few seconds (fault injection, subprocesses)")
+    config.addinivalue_line(
+        "markers", "bench: a benchmark's reduced run (minutes, GBs of RAM); skipped without --bench"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -44,6 +51,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(DEFAULT_TEST_TIMEOUT_S))
         if "gpu" in item.keywords and not cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if item.get_closest_marker("bench") is not None and not config.getoption("--bench"):
+            item.add_marker(pytest.mark.skip(reason="a benchmark's reduced run: pytest --bench"))
 
 
 def _cuda_available() -> bool:
