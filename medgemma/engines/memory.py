@@ -7,6 +7,9 @@ model's config, and the free-memory figure is handed in by the backend.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,4 +82,27 @@ def system_memory(meminfo: Path = Path("/proc/meminfo")) -> tuple[int, int] | No
         fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
         return int(fields["MemAvailable"].split()[0]) * 1024, int(fields["MemTotal"].split()[0]) * 1024
     except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
+def release_freed_heap() -> None:
+    """Hand the heap's free pages back to the kernel (glibc's ``malloc_trim``), so that RAM
+    available counts them.
+
+    glibc keeps what a finished batch freed: on the stand-in, after a batch of 8 3225-token
+    prompts (a 0.89 GiB KV cache) RSS stayed 1.25 GiB up, and the RAM available, the CPU
+    budget, fell by as much; trimmed, it came back. Untrimmed, a job that fits alone would be
+    refused because an earlier batch ran. A no-op where the C library has no malloc_trim.
+    """
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
         return None

@@ -26,7 +26,7 @@ from medgemma.decoding import DeltaCallback, RowDecoder, think_token_ids
 from medgemma.engines.base import Completion, ModelInfo, Prepared, check_context
 from medgemma.engines.batching import BatchEngine
 from medgemma.engines.hf_loading import LoadedCheckpoint, load_checkpoint
-from medgemma.engines.memory import KVCacheShape, system_memory, usable_bytes
+from medgemma.engines.memory import KVCacheShape, release_freed_heap, system_memory, usable_bytes
 from medgemma.errors import GenerationFailed, SettingsError
 from medgemma.request import GenerationRequest, SamplingKey
 from medgemma.settings import DEFAULT_GPU_MEMORY_UTILIZATION, Settings
@@ -138,12 +138,14 @@ class HFBackend:
         """CUDA: free memory (what torch's allocator holds unused counts as free) less the
         GPU_MEMORY_UTILIZATION reserve. CPU: the RAM the kernel reports available, with no
         reserve: it already counts the page cache it can drop, and a shared machine's other
-        processes come and go (a reserve there refused 40 MB batches with 2 GB available)."""
+        processes come and go (a reserve there refused 40 MB batches with 2 GB available);
+        the heap's free pages are given back first, so earlier batches don't count as used."""
         device = self.device
         if device.type == "cuda":
             free, total = torch.cuda.mem_get_info(device)
             unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
             return usable_bytes(free + unused, total, self.memory_utilization)
+        release_freed_heap()  # what earlier batches freed is this batch's to use
         ram = system_memory()
         return None if ram is None else ram[0]
 
