@@ -77,6 +77,21 @@ def test_system_memory_reads_meminfo(tmp_path):
     assert system_memory(meminfo) is None
 
 
+def test_a_containers_memory_limit_caps_the_ram_available(tmp_path):
+    """cgroup v2: meminfo shows the host; memory.max is what the OOM killer enforces."""
+    gib = 2**30
+    meminfo, cgroup = tmp_path / "meminfo", tmp_path / "cgroup"
+    meminfo.write_text(f"MemTotal: {64 * gib // 1024} kB\nMemAvailable: {40 * gib // 1024} kB\n")
+    cgroup.mkdir()
+    (cgroup / "memory.max").write_text(f"{16 * gib}\n")
+    (cgroup / "memory.current").write_text(f"{12 * gib}\n")
+    (cgroup / "memory.stat").write_text(f"anon {10 * gib}\nfile {2 * gib}\ninactive_file {gib}\n")
+    assert system_memory(meminfo, cgroup) == (5 * gib, 16 * gib)  # 16 - 12 + 1 of droppable page cache
+    (cgroup / "memory.max").write_text("max\n")
+    assert system_memory(meminfo, cgroup) == (40 * gib, 64 * gib)  # no limit: the host's figures
+    assert system_memory(meminfo, tmp_path / "no-cgroup") == (40 * gib, 64 * gib)
+
+
 # ---- measured on the stand-in --------------------------------------------------------------------
 
 

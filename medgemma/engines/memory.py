@@ -76,13 +76,38 @@ def usable_bytes(free: int, total: int, utilization: float) -> int:
     return max(0, int(free - (1.0 - utilization) * total))
 
 
-def system_memory(meminfo: Path = Path("/proc/meminfo")) -> tuple[int, int] | None:
-    """(available, total) RAM in bytes from Linux's /proc/meminfo; None where it can't be read."""
+def system_memory(
+    meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup")
+) -> tuple[int, int] | None:
+    """(available, total) RAM in bytes; None where it can't be read.
+
+    Linux's /proc/meminfo, capped by the container's cgroup v2 memory limit when it has one:
+    inside a container meminfo shows the host's RAM, and the limit is what the OOM killer
+    enforces (available there: the limit less the usage, plus the page cache it can drop).
+    """
     try:
         fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
-        return int(fields["MemAvailable"].split()[0]) * 1024, int(fields["MemTotal"].split()[0]) * 1024
+        available, total = int(fields["MemAvailable"].split()[0]) * 1024, int(fields["MemTotal"].split()[0]) * 1024
     except (OSError, KeyError, ValueError, IndexError):
         return None
+    limit = _cgroup_memory(cgroup)
+    if limit is None:
+        return available, total
+    return min(available, limit[0]), min(total, limit[1])
+
+
+def _cgroup_memory(cgroup: Path) -> tuple[int, int] | None:
+    """(available, limit) under a cgroup v2 ``memory.max``; None without a limit ("max") or cgroup v2."""
+    try:
+        raw = (cgroup / "memory.max").read_text().strip()
+        if raw == "max":
+            return None
+        limit, current = int(raw), int((cgroup / "memory.current").read_text())
+        stat = dict(line.split() for line in (cgroup / "memory.stat").read_text().splitlines() if line.strip())
+        reclaimable = int(stat.get("inactive_file", 0))
+    except (OSError, ValueError):
+        return None
+    return max(0, limit - current + reclaimable), limit
 
 
 def release_freed_heap() -> None:
