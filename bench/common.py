@@ -17,6 +17,7 @@ import datetime
 import importlib.metadata
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -163,7 +164,8 @@ class Report:
     started: float = field(default_factory=time.perf_counter)
     date: str = field(default_factory=lambda: datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"))
     machine: list[str] = field(default_factory=list)
-    #: Set: ``write`` replaces only this report's block of ``path``, so several benchmarks share one file.
+    #: Set, the table is one named block of ``path`` (kept apart from the file's other tables:
+    #: bench/RESULTS.md holds the CPU benchmark's and the engines' side by side); unset, the file's main table.
     block: str | None = None
 
     def __post_init__(self) -> None:
@@ -209,13 +211,24 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def write(self) -> None:
+        """Rewrite this report's part of ``path``: its named block, or (no block) the text outside every block.
+
+        Several benchmarks share one results file, each in its own block, so a run rewrites only its own.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = self.markdown()
-        if self.block is not None:
-            text = splice_block(self.path.read_text() if self.path.is_file() else "", self.block, text)
+        old = self.path.read_text() if self.path.is_file() else ""
+        if self.block is None:
+            blocks = "\n".join(match.group(0).rstrip() for match in _BLOCK.finditer(old))
+            text = self.markdown().rstrip() + "\n" + (f"\n{blocks}\n" if blocks else "")
+        else:
+            text = splice_block(old, self.block, self.markdown())
         temporary = self.path.with_name(self.path.name + ".tmp")
         temporary.write_text(text)
         temporary.replace(self.path)
+
+
+#: One named report's block in a results file (see ``Report.block``).
+_BLOCK = re.compile(r"<!-- begin (\S+) -->\n.*?<!-- end \1 -->", re.DOTALL)
 
 
 def splice_block(document: str, name: str, content: str) -> str:

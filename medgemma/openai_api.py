@@ -16,11 +16,17 @@ native input, the worker's one job path validates, generates and shapes it, and
 ``ChatCompletions`` turns the native answer into OpenAI's objects. Parameters the worker
 can't honour are refused with an OpenAI error object naming them, never ignored. Failures
 carry a top-level ``error`` (OpenAI's error body), so RunPod marks such jobs FAILED.
+
+``response_format`` maps onto the native JSON jobs (``medgemma.structured``): ``json_object``
+is ``format: json`` in general mode (any one object), ``json_schema`` is ``json_schema`` with
+the caller's schema, enforced by the grammar whatever ``strict`` says; the message content is
+the JSON text.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -54,7 +60,7 @@ PASSED_ON = {
     "stop": "stop",
     "stream": "stream",
 }
-HANDLED_HERE = frozenset({"model", "n", "stream_options"})
+HANDLED_HERE = frozenset({"model", "n", "stream_options", "response_format"})
 #: Parameters accepted at the value that means "as without it".
 NEUTRAL = {
     "presence_penalty": 0,
@@ -62,7 +68,6 @@ NEUTRAL = {
     "logprobs": False,
     "top_logprobs": 0,
     "logit_bias": {},
-    "response_format": {"type": "text"},
     "modalities": ["text"],
     "store": False,
 }
@@ -75,7 +80,6 @@ UNSUPPORTED = {
     "function_call": "function calling is not supported",
     "logprobs": "log probabilities are not returned; only false is supported",
     "top_logprobs": "log probabilities are not returned; only 0 is supported",
-    "response_format": 'structured (JSON) output is not supported yet; only {"type": "text"} is',
     "logit_bias": "logit bias is not supported; only {} is",
     "presence_penalty": "penalties are not supported; only 0 is",
     "frequency_penalty": "penalties are not supported; only 0 is",
@@ -92,6 +96,12 @@ UNSUPPORTED = {
     "prompt_cache_key": "prompt caching keys are not supported",
     "verbosity": "verbosity can't be set for this model",
 }
+
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+#: What ``response_format.json_schema`` may hold (OpenAI's fields), and the form of its name.
+JSON_SCHEMA_FIELDS = frozenset({"name", "schema", "strict", "description"})
+SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+SCHEMA_PARAM = "response_format.json_schema.schema"
 
 
 class OpenAIError(InputError):
@@ -267,7 +277,43 @@ class ChatCompletions:
         if n is not None and (isinstance(n, bool) or n != 1):
             raise OpenAIError("n", "only n=1 is supported: one answer per request", code="unsupported_value")
         self._stream_options(body.get("stream_options"), native.get("stream") is True)
+        if body.get("response_format") is not None:
+            native.update(self._response_format(body["response_format"]))
         return native
+
+    def _response_format(self, value: object) -> dict[str, Any]:
+        """``response_format`` as native fields: none for text, ``format``/``mode`` or ``json_schema`` for JSON."""
+        if not isinstance(value, dict):
+            raise OpenAIError("response_format", f"must be an object, got {type(value).__name__}")
+        kind = value.get("type")
+        if kind not in RESPONSE_FORMATS:
+            raise OpenAIError("response_format.type", f"must be one of {', '.join(RESPONSE_FORMATS)}, got {kind!r}")
+        allowed = {"type", "json_schema"} if kind == "json_schema" else {"type"}
+        extra = sorted(set(value) - allowed)
+        if extra:
+            raise OpenAIError(f"response_format.{extra[0]}", f"is not a field of the {kind} response format")
+        if kind == "text":
+            return {}
+        if kind == "json_object":
+            self._names["format"] = "response_format"
+            return {"format": "json", "mode": "general"}  # general mode: any one JSON object
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict):
+            raise OpenAIError("response_format.json_schema", "is required: an object with name and schema")
+        unknown = sorted(set(spec) - JSON_SCHEMA_FIELDS)
+        if unknown:
+            raise OpenAIError(f"response_format.json_schema.{unknown[0]}", "is not a json_schema field")
+        name = spec.get("name")
+        if not isinstance(name, str) or not SCHEMA_NAME.fullmatch(name):
+            raise OpenAIError("response_format.json_schema.name", "is required: 1 to 64 of a-z, A-Z, 0-9, _ and -")
+        if spec.get("description") is not None and not isinstance(spec["description"], str):
+            raise OpenAIError("response_format.json_schema.description", "must be a string")
+        if spec.get("strict") is not None and not isinstance(spec["strict"], bool):
+            raise OpenAIError("response_format.json_schema.strict", "must be true or false")
+        if spec.get("schema") is None:
+            raise OpenAIError(SCHEMA_PARAM, "is required: the JSON Schema of the answer's object")
+        self._names["json_schema"] = SCHEMA_PARAM
+        return {"json_schema": spec["schema"]}  # enforced by the grammar whether or not strict is true
 
     def _stream_options(self, options: object, stream: bool) -> None:
         if options is None:

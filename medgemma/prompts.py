@@ -37,3 +37,12 @@ def system_prompt_for(mode: str, override: str | None = None) -> str:
     """The request's own system prompt wins over the mode's default."""
     check_mode(mode)
     return override if override else SYSTEM_PROMPTS[mode]
+
+
+def with_answer_format(prompt: str | None, answer_format: str) -> str:
+    """The system prompt with ``answer_format`` (the JSON the answer must be) appended, or it alone.
+
+    The grammar enforces the format; the model writes better content when it knows what it
+    is filling in.
+    """
+    return f"{prompt}\n\n{answer_format}" if prompt else answer_format

@@ -19,8 +19,9 @@ from PIL import Image
 
 from medgemma.errors import InputError
 from medgemma.images import create_dummy_image, load_image
-from medgemma.prompts import DEFAULT_MODE, check_mode, system_prompt_for
+from medgemma.prompts import DEFAULT_MODE, check_mode, system_prompt_for, with_answer_format
 from medgemma.settings import BASE_ADAPTER, Settings
+from medgemma.structured import JsonSpec, json_spec
 
 # Aliases kept for callers of earlier MedGemma workers.
 ALIASES = {"custom_prompt": "system_prompt", "max_tokens": "max_new_tokens"}
@@ -39,6 +40,8 @@ KNOWN_FIELDS = frozenset(
         "stop",
         "stream",
         "adapter",
+        "format",
+        "json_schema",
     }
 )
 MAX_TEMPERATURE = 2.0
@@ -50,6 +53,7 @@ TEXT_ONLY_PROBLEM = "this worker serves a text-only model, which takes no images
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 IMAGE_PART_TYPES = ("image_url", "image")
 MESSAGE_FORM = "an object with role and content"
+STOP_WITH_JSON_PROBLEM = "cannot be combined with format json or json_schema: a JSON answer ends when its object closes"
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,9 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()  # the answer ends before the first of these (medgemma.decoding)
     turns: list[dict[str, Any]] | None = None  # a messages job: its user/assistant turns, images as PIL
     adapter: str | None = None  # an ADAPTERS name; None: the base model
+    #: The JSON object the answer must be (``format``/``json_schema``); None: free text. Not part of
+    #: the sampling key: constrained and free jobs batch together, each row with its own grammar.
+    structured: JsonSpec | None = None
 
     @property
     def sampling_key(self) -> SamplingKey:
@@ -160,6 +167,7 @@ def parse_job_input(
     if override is not None and len(override) > settings.max_input_chars:
         raise InputError("system_prompt", f"is over the limit of {settings.max_input_chars} characters")
     system_prompt: str | None = system_prompt_for(mode, override)
+    structured = json_spec(_typed(data, "format", str, default=None), data.get("json_schema"), mode)
 
     if conversation is not None:
         images, turns = conversation.images, conversation.turns
@@ -188,9 +196,13 @@ def parse_job_input(
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise InputError("seed", f"must be between 0 and {MAX_SEED}")
 
+    stop = _stop(data.get("stop"))
+    if stop and structured:
+        raise InputError("stop", STOP_WITH_JSON_PROBLEM)
+
     return GenerationRequest(
         text=text,
-        system_prompt=system_prompt,
+        system_prompt=with_answer_format(system_prompt, structured.instruction) if structured else system_prompt,
         mode=mode,
         images=images,
         used_dummy_image=used_dummy,
@@ -200,9 +212,10 @@ def parse_job_input(
         seed=seed,
         stream=_typed(data, "stream", bool, default=False),
         job_id=job_id,
-        stop=_stop(data.get("stop")),
+        stop=stop,
         turns=turns,
         adapter=adapter,
+        structured=structured,
     )
 
 

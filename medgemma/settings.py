@@ -32,6 +32,8 @@ DEFAULT_MAX_IMAGES = 8
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
+#: vLLM on CPU: the KV cache in GiB (vLLM's own VLLM_CPU_KVCACHE_SPACE), instead of 90% of the RAM.
+DEFAULT_CPU_KV_CACHE_GIB = 2
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_MS = 20
 DEFAULT_STANDIN_SUBDIR = "medgemma-runpod"
@@ -112,6 +114,7 @@ class Settings:
     gpu_memory_utilization: float
     enforce_eager: bool
     max_num_seqs: int | None  # None: vLLM's default
+    cpu_kv_cache_gib: int  # vLLM on CPU only: VLLM_CPU_KVCACHE_SPACE
     image_url_allow_http: bool
     image_url_ca_bundle: Path | None  # extra CA certificates (PEM) trusted for image fetches
     image_url_allow_addresses: tuple[IPNetwork, ...]  # exempt from the SSRF rules (tests)
@@ -188,6 +191,7 @@ class Settings:
             ),
             enforce_eager=reader.boolean("ENFORCE_EAGER", default=False),
             max_num_seqs=reader.optional_integer("MAX_NUM_SEQS", minimum=1),
+            cpu_kv_cache_gib=reader.integer("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KV_CACHE_GIB, minimum=1),
             image_url_allow_http=reader.boolean("IMAGE_URL_ALLOW_HTTP", default=False),
             image_url_ca_bundle=ca_bundle("IMAGE_URL_CA_BUNDLE", env.get("IMAGE_URL_CA_BUNDLE", "").strip()),
             image_url_allow_addresses=networks("IMAGE_URL_ALLOW_ADDRESSES", env.get("IMAGE_URL_ALLOW_ADDRESSES", "")),

@@ -25,7 +25,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 #: Bump when the build recipe changes, so stale caches are rebuilt, not reused.
 STANDIN_VERSION = "v2"  # v2: MedGemma's 896 px / 256-token image geometry
 STANDIN_DIRNAME = f"medgemma-standin-{STANDIN_VERSION}"
+#: The text-only variant (the same decoder as ``Gemma3ForCausalLM``), versioned on its own.
+TEXT_STANDIN_VERSION = "v1"
+TEXT_STANDIN_DIRNAME = f"medgemma-standin-text-{TEXT_STANDIN_VERSION}-from-{STANDIN_VERSION}"
 #: Written last; its presence means the directory is complete.
 COMPLETE_MARKER = ".complete"
 
@@ -113,8 +116,13 @@ def standin_path(cache_root: Path) -> Path:
     return Path(cache_root) / STANDIN_DIRNAME
 
 
+def text_standin_path(cache_root: Path) -> Path:
+    """Where the text-only stand-in lives under ``cache_root`` (whether built or not)."""
+    return Path(cache_root) / TEXT_STANDIN_DIRNAME
+
+
 def is_built(cache_root: Path) -> bool:
-    return (standin_path(cache_root) / COMPLETE_MARKER).is_file()
+    return _is_complete(standin_path(cache_root))
 
 
 def ensure_standin(cache_root: Path) -> Path:
@@ -123,17 +131,42 @@ def ensure_standin(cache_root: Path) -> Path:
     Safe to call from several processes at once: one builds, the others wait on
     the lock and then reuse its result.
     """
-    target = standin_path(cache_root)
-    if is_built(cache_root):
+    return _ensure_built(standin_path(cache_root), _build_into, STANDIN_VERSION, "the embedded stand-in (~1-2 min)")
+
+
+def ensure_text_standin(cache_root: Path) -> Path:
+    """Return the text-only stand-in's directory, building it (and the stand-in) first if needed.
+
+    The same 270M decoder, tokenizer, chat template and generation config as the
+    stand-in, saved as ``Gemma3ForCausalLM``: what vLLM serves on CPU, where its
+    multimodal Gemma 3 can't load (it needs torchvision, which has no CPU-torch build
+    on PyPI). Built from the stand-in's own files, so the two can't drift apart.
+    """
+    source = ensure_standin(cache_root)
+    return _ensure_built(
+        text_standin_path(cache_root),
+        lambda out_dir: _build_text_into(source, out_dir),
+        TEXT_STANDIN_VERSION,
+        "the text-only stand-in (seconds)",
+    )
+
+
+def _is_complete(target: Path) -> bool:
+    return (target / COMPLETE_MARKER).is_file()
+
+
+def _ensure_built(target: Path, build_into: Callable[[Path], None], version: str, what: str) -> Path:
+    """Build ``target`` once, atomically, under a lock shared by every process."""
+    if _is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _build_lock(target.parent / f".{STANDIN_DIRNAME}.lock"):
-        if is_built(cache_root):  # another process finished while we waited
+    with _build_lock(target.parent / f".{target.name}.lock"):
+        if _is_complete(target):  # another process finished while we waited
             return target
-        log.info("building the embedded stand-in model into %s (once; ~1-2 min)", target)
+        log.info("building %s into %s (once)", what, target)
         started = time.perf_counter()
-        _build_atomically(target)
-        log.info("stand-in built in %.1f s", time.perf_counter() - started)
+        _build_atomically(target, build_into, version)
+        log.info("%s built in %.1f s", target.name, time.perf_counter() - started)
     return target
 
 
@@ -147,11 +180,11 @@ def _build_lock(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _build_atomically(target: Path) -> None:
+def _build_atomically(target: Path, build_into: Callable[[Path], None], version: str) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        _build_into(staging)
-        (staging / COMPLETE_MARKER).write_text(STANDIN_VERSION + "\n")
+        build_into(staging)
+        (staging / COMPLETE_MARKER).write_text(version + "\n")
         staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
         if target.exists():  # an old, incomplete attempt without its marker
             shutil.rmtree(target)
@@ -249,6 +282,38 @@ def _build_into(out_dir: Path) -> None:
         image_seq_length=MM_TOKENS_PER_IMAGE,
     )
     processor.save_pretrained(out_dir)
+
+
+#: Copied byte for byte into the text-only stand-in: same tokens, ids, template and eos/sampling defaults.
+TEXT_STANDIN_SHARED_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
+_LANGUAGE_MODEL_PREFIX = "language_model."
+
+
+def _build_text_into(source: Path, out_dir: Path) -> None:
+    """Save the stand-in's decoder as a ``Gemma3ForCausalLM`` checkpoint, no model instantiated.
+
+    The multimodal checkpoint stores the decoder as ``language_model.model.*`` (and ties
+    the output head to the embedding); a causal LM stores it as ``model.*``.
+    """
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig
+
+    text_config = AutoConfig.from_pretrained(source, local_files_only=True).get_text_config()
+    text_config.architectures = ["Gemma3ForCausalLM"]
+    text_config.dtype = "bfloat16"
+    text_config.save_pretrained(out_dir)
+
+    weights = load_file(source / "model.safetensors")
+    decoder = {
+        name.removeprefix(_LANGUAGE_MODEL_PREFIX): tensor
+        for name, tensor in weights.items()
+        if name.startswith(_LANGUAGE_MODEL_PREFIX)
+    }
+    if not decoder:
+        raise RuntimeError(f"{source} holds no {_LANGUAGE_MODEL_PREFIX}* weights")
+    save_file(decoder, out_dir / "model.safetensors", metadata={"format": "pt"})
+    for name in TEXT_STANDIN_SHARED_FILES:
+        shutil.copyfile(source / name, out_dir / name)
 
 
 def _with_image_tokens(tokenizer, scratch: Path):

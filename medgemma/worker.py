@@ -23,6 +23,7 @@ from medgemma.engines.base import Engine, EngineResult
 from medgemma.errors import GenerationFailed, HostError, InputError, MedGemmaError, redacted_traceback
 from medgemma.request import GenerationRequest, parse_job_input
 from medgemma.settings import Settings
+from medgemma.structured import json_answer
 
 log = logging.getLogger("medgemma.worker")
 
@@ -158,27 +159,36 @@ class Worker:
             "generate_s": completion.generate_seconds,
             "total_s": round(total, 4),
         }
+        structured = request.structured
+        answer = json_answer(completion.text, completion.finish_reason, request.max_new_tokens) if structured else None
+        finish_reason = answer.finish_reason if answer else completion.finish_reason
         log.info(
-            "job %s done: engine=%s adapter=%s mode=%s images=%d dummy=%s prompt_tokens=%d completion_tokens=%d "
-            "finish=%s batch=%d queue_s=%.3f ttft_s=%.3f generate_s=%.3f",
-            request.job_id, info.engine, request.adapter or "base", request.mode, len(request.images),
-            request.used_dummy_image, completion.prompt_tokens, completion.completion_tokens,
-            completion.finish_reason, result.batch_size, result.queue_seconds, completion.time_to_first_token,
-            completion.generate_seconds,
+            "job %s done: engine=%s adapter=%s mode=%s format=%s images=%d dummy=%s prompt_tokens=%d "
+            "completion_tokens=%d finish=%s batch=%d queue_s=%.3f ttft_s=%.3f generate_s=%.3f",
+            request.job_id, info.engine, request.adapter or "base", request.mode,
+            structured.kind if structured else "text", len(request.images), request.used_dummy_image,
+            completion.prompt_tokens, completion.completion_tokens, finish_reason, result.batch_size,
+            result.queue_seconds, completion.time_to_first_token, completion.generate_seconds,
         )  # fmt: skip
-        return {
+        shaped: dict[str, Any] = {
             "output": completion.text,
             "mode": request.mode,
             "model": info.source,
             "run_mode": info.run_mode,
             "usage": {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
-            "finish_reason": completion.finish_reason,
+            "finish_reason": finish_reason,
             "used_dummy_image": request.used_dummy_image,
             "batch_size": result.batch_size,
             "timings": timings,
             "adapter": request.adapter,
             "provenance": self.provenance(request.adapter),
         }
+        if answer:
+            # parsed is the object, or null with finish_reason "length" and incomplete saying why.
+            shaped["parsed"] = answer.parsed
+            if answer.incomplete:
+                shaped["incomplete"] = answer.incomplete
+        return shaped
 
     @staticmethod
     def _failed(job: dict[str, Any], error: MedGemmaError) -> dict[str, Any]:

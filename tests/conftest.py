@@ -7,6 +7,7 @@ Markers: ``model`` (needs the stand-in model; ~1-2 min to build once, then cache
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import socket
 import subprocess
@@ -27,6 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 # 12-token stand-in job 1.45x slower (5.4 s against 3.7 s). The tests of the dummy image
 # itself opt back in (``worker_with_dummy``, or their own settings).
 TEST_ENV = {"MAX_NEW_TOKENS": "12", "LOG_LEVEL": "INFO", "DUMMY_IMAGE": "false"}
+#: The vLLM engine in tests: eager (no minutes of torch.compile) and a small KV cache on a shared machine.
+VLLM_TEST_ENV = {"ENGINE": "vllm", "ENFORCE_EAGER": "true", "VLLM_CPU_KVCACHE_SPACE": "1"}
 SERVER_START_TIMEOUT_S = 300
 DEFAULT_TEST_TIMEOUT_S = 600
 
@@ -76,7 +79,7 @@ def settings():
 
 
 #: The engines every job test runs on (one model load per engine per session).
-ENGINES = ["transformers"]
+ENGINES = ["transformers", "vllm"]
 
 
 @pytest.fixture(scope="session")
@@ -89,6 +92,19 @@ def transformers_worker(settings):
     loaded.engine.close()
 
 
+@pytest.fixture(scope="session")
+def vllm_worker():
+    """The real Worker on the text-only stand-in, vLLM engine (its processes start once per session)."""
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vllm is not installed")
+    from medgemma.settings import Settings
+    from medgemma.worker import Worker
+
+    loaded = Worker.start(Settings.from_env({**os.environ, **TEST_ENV, **VLLM_TEST_ENV}))
+    yield loaded
+    loaded.engine.close()
+
+
 @pytest.fixture(params=ENGINES)
 def worker(request, monkeypatch):
     """The session's Worker for each engine in turn, installed as handler.py's global state."""
@@ -97,6 +113,14 @@ def worker(request, monkeypatch):
     loaded = request.getfixturevalue(f"{request.param}_worker")
     monkeypatch.setattr(handler, "WORKER", loaded)
     return loaded
+
+
+@pytest.fixture
+def vision_worker(worker):
+    """``worker`` where its model takes images; a text-only model's refusal is tested on its own."""
+    if not worker.engine.info.vision:
+        pytest.skip(f"the {worker.engine.info.engine} engine serves a text-only model here")
+    return worker
 
 
 @pytest.fixture

@@ -88,6 +88,21 @@ def transformers_adapter_worker(settings, transformers_kit):
     loaded.engine.close()
 
 
+@pytest.fixture(scope="session")
+def vllm_kit(settings, tmp_path_factory, vllm_worker) -> Kit:
+    return build_kit(settings, tmp_path_factory.mktemp("vllm-adapters"), text_only=True)
+
+
+@pytest.fixture(scope="module")
+def vllm_adapter_worker(vllm_worker, vllm_kit):
+    """The text-only stand-in on vLLM with two adapters, through Worker.start (a second vLLM engine, closed
+    after this module so that the rest of the session does not hold its memory)."""
+    specs = vllm_kit.specs("cardio", "notes")
+    loaded = Worker.start(replace(vllm_worker.settings, adapters=specs))
+    yield loaded
+    loaded.engine.close()
+
+
 @pytest.fixture(params=ENGINES)
 def engine(request) -> str:
     return request.param
@@ -217,6 +232,55 @@ def test_a_batch_mixing_adapters_gives_every_job_its_answer_alone(transformers_a
         alone = run(Worker(replace(worker.settings, dummy_image=False), worker.engine).run({"id": "a", "input": data}))
         assert alone["batch_size"] == 1 and alone["adapter"] == data.get("adapter")
         assert (answer["output"], answer["usage"]) == (alone["output"], alone["usage"])
+
+
+def test_vllm_serves_each_adapter_as_peft_generates_it_alone_or_mixed(vllm_adapter_worker, vllm_kit, vllm_worker):
+    """vLLM's LoRA kernels against PEFT's own generate on the same text-only base, and in a mixed batch.
+
+    A base-model row must be the base model's answer (vLLM's CPU LoRA ops gave it the last adapter).
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import GenerationConfig
+
+    from medgemma.decoding import RowDecoder
+
+    worker, engine = vllm_adapter_worker, vllm_adapter_worker.engine
+    inputs = [
+        {"text": TEXTS[0], "adapter": "cardio", "max_new_tokens": TOKENS},
+        {"text": TEXTS[1], "max_new_tokens": TOKENS},
+        {"text": TEXTS[2], "adapter": "notes", "max_new_tokens": TOKENS},
+        {"text": TEXTS[1], "adapter": "cardio", "max_new_tokens": TOKENS},
+    ]
+    mixed = together(worker, inputs)
+    for data, answer in zip(inputs, mixed, strict=True):
+        alone = run(worker.run({"id": "a", "input": data}))
+        assert alone["adapter"] == data.get("adapter")
+        assert (answer["output"], answer["usage"]) == (alone["output"], alone["usage"])
+    for data, answer in zip(inputs, mixed, strict=True):
+        if "adapter" not in data:
+            plain = run(vllm_worker.run({"id": "p", "input": data}))
+            assert (answer["output"], answer["usage"]) == (plain["output"], plain["usage"])
+            continue
+        request = worker.validate({"id": "peft", "input": data})
+        ids = torch.tensor([engine.prompts.build(request.messages()).ids])
+        peft_model = PeftModel.from_pretrained(vllm_kit.base, str(getattr(vllm_kit, data["adapter"])))
+        try:
+            with torch.inference_mode():
+                generated = peft_model.eval().generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    generation_config=GenerationConfig(
+                        max_new_tokens=TOKENS, do_sample=False, eos_token_id=engine.stop_ids, pad_token_id=0
+                    ),
+                )
+        finally:
+            peft_model.unload()
+        decoder = RowDecoder(engine.tokenizer, engine.stop_ids, engine.think_ids, None)
+        for token in generated[0, ids.shape[1] :].tolist():
+            decoder.push(token)
+        assert answer["output"] == decoder.text(), data
+        assert answer["usage"]["completion_tokens"] == decoder.generated
 
 
 def test_the_openai_route_names_adapters_as_models(adapter_worker, monkeypatch):

@@ -11,6 +11,7 @@ from PIL import Image
 
 import handler
 from medgemma.images import encode_image
+from medgemma.request import TEXT_ONLY_PROBLEM
 from medgemma.standin import MM_TOKENS_PER_IMAGE
 from tests.conftest import run
 
@@ -54,7 +55,8 @@ def assert_answer(result: dict) -> None:
 def test_summarize(worker_with_dummy):
     result = run(handler.handler(job(mode="summarize")))
     assert_answer(result)
-    assert result["mode"] == "summarize" and result["used_dummy_image"] is True
+    # A text-only model gets no dummy image (it takes none).
+    assert result["mode"] == "summarize" and result["used_dummy_image"] is worker_with_dummy.engine.info.vision
 
 
 def test_general_question(worker):
@@ -76,14 +78,14 @@ def test_custom_system_prompt_changes_the_prompt(worker):
     assert custom["usage"]["prompt_tokens"] != default["usage"]["prompt_tokens"]
 
 
-def test_with_an_image(worker):
+def test_with_an_image(vision_worker):
     image = Image.radial_gradient("L").convert("RGB")
     result = run(handler.handler(job(image="data:image/png;base64," + encode_image(image))))
     assert_answer(result)
     assert result["used_dummy_image"] is False
 
 
-def test_two_images_cost_two_images_of_tokens(worker):
+def test_two_images_cost_two_images_of_tokens(vision_worker):
     one = run(handler.handler(job(images=[encode_image(Image.new("RGB", (64, 64), "red"))])))
     two = run(handler.handler(job(images=[encode_image(Image.new("RGB", (64, 64), c)) for c in ("red", "blue")])))
     assert_answer(two)
@@ -91,9 +93,9 @@ def test_two_images_cost_two_images_of_tokens(worker):
     assert two["usage"]["prompt_tokens"] - one["usage"]["prompt_tokens"] >= MM_TOKENS_PER_IMAGE + 2
 
 
-def test_text_only_with_dummy_image_on_and_off(worker, worker_with_dummy):
+def test_text_only_with_dummy_image_on_and_off(vision_worker, worker_with_dummy):
     with_dummy = run(worker_with_dummy.run(job()))
-    text_only = run(worker.run(job()))
+    text_only = run(vision_worker.run(job()))
     assert_answer(with_dummy)
     assert_answer(text_only)
     assert with_dummy["used_dummy_image"] is True and text_only["used_dummy_image"] is False
@@ -132,6 +134,8 @@ def test_max_new_tokens_limits_the_answer(worker):
     ],
 )
 def test_bad_input_fails_alone_and_the_worker_keeps_serving(worker, fields, message):
+    if "image" in fields and not worker.engine.info.vision:
+        message = f"image: {TEXT_ONLY_PROBLEM}"  # refused before it is even decoded
     result = run(handler.handler(job(**fields)))
     assert set(result) == {"error"}
     assert result["error"].startswith(message.split(":")[0] + ":")

@@ -24,7 +24,7 @@ import pytest
 from runpod_double import RunPodDouble, fake_answer
 
 REPO = Path(__file__).resolve().parent.parent
-HEAVY = ("torch", "transformers", "vllm", "xgrammar")
+HEAVY = ("torch", "transformers", "vllm", "xgrammar", "llguidance")
 # Prints which of our packages and which heavy libraries importing argv[1] loaded.
 PROBE = (
     "import importlib, json, sys\n"

@@ -7,11 +7,13 @@ on either; they differ in how they batch and run the model. Nothing here imports
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from medgemma.adapters import Adapter
+from medgemma.decoding import DeltaCallback
 from medgemma.errors import HostError, InputError
 from medgemma.request import GenerationRequest
 from medgemma.tokens import Prompt
@@ -103,6 +105,34 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+#: An engine's generate: one job, with a callback for its answer text as it appears.
+Generate = Callable[[Prepared, DeltaCallback | None], Awaitable[EngineResult]]
+
+
+async def stream_deltas(generate: Generate, prepared: Prepared) -> AsyncIterator[str | EngineResult]:
+    """``generate`` as a stream: text deltas as they are generated, then the EngineResult.
+
+    ``on_delta`` may be called from any thread. A caller that stops reading cancels the job.
+    """
+    loop = asyncio.get_running_loop()
+    deltas: asyncio.Queue[str] = asyncio.Queue()
+    task = asyncio.ensure_future(generate(prepared, lambda text: loop.call_soon_threadsafe(deltas.put_nowait, text)))
+    try:
+        while True:
+            getter = asyncio.ensure_future(deltas.get())
+            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield getter.result()
+                continue
+            getter.cancel()
+            while not deltas.empty():  # deltas that raced the completion
+                yield deltas.get_nowait()
+            yield task.result()
+            return
+    finally:
+        task.cancel()  # the caller went away: nobody waits for this job's answer
 
 
 def check_context(prompt_tokens: int, max_new_tokens: int, context_length: int, field: str = "text") -> None:

@@ -33,7 +33,7 @@ from typing import Protocol
 
 from medgemma.adapters import Adapter
 from medgemma.decoding import DeltaCallback
-from medgemma.engines.base import Completion, EngineResult, ModelInfo, Prepared, host_fault
+from medgemma.engines.base import Completion, EngineResult, ModelInfo, Prepared, host_fault, stream_deltas
 from medgemma.engines.memory import GIB
 from medgemma.errors import GenerationFailed, HostError, InputError, redacted_traceback
 from medgemma.request import GenerationRequest, SamplingKey
@@ -127,27 +127,9 @@ class BatchEngine:
         completion = await job.future
         return EngineResult(completion, prepared, job.batch_size, job.queue_seconds)
 
-    async def stream(self, prepared: Prepared) -> AsyncIterator[str | EngineResult]:
+    def stream(self, prepared: Prepared) -> AsyncIterator[str | EngineResult]:
         """Yield text deltas as they are generated, then the EngineResult."""
-        loop = asyncio.get_running_loop()
-        deltas: asyncio.Queue[str] = asyncio.Queue()
-        task = asyncio.ensure_future(
-            self.generate(prepared, on_delta=lambda text: loop.call_soon_threadsafe(deltas.put_nowait, text))
-        )
-        try:
-            while True:
-                getter = asyncio.ensure_future(deltas.get())
-                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    yield getter.result()
-                    continue
-                getter.cancel()
-                while not deltas.empty():  # deltas that raced the completion
-                    yield deltas.get_nowait()
-                yield task.result()
-                return
-        finally:
-            task.cancel()  # the caller went away: nobody waits for this job's answer
+        return stream_deltas(self.generate, prepared)
 
     def load_adapters(self, adapters: Sequence[Adapter]) -> None:
         """Load them on the backend (before any job runs: warmup); rows of one batch may use different ones."""

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from medgemma import provenance
@@ -25,6 +25,7 @@ from medgemma.adapters import Adapter
 from medgemma.decoding import DeltaCallback, RowDecoder, think_token_ids
 from medgemma.engines.base import Completion, ModelInfo, Prepared, check_context
 from medgemma.engines.batching import BatchEngine
+from medgemma.engines.grammar import Grammars
 from medgemma.engines.hf_loading import LoadedCheckpoint, load_checkpoint
 from medgemma.engines.memory import KVCacheShape, release_freed_heap, system_memory, usable_bytes
 from medgemma.errors import GenerationFailed, SettingsError
@@ -92,6 +93,8 @@ class HFBackend:
         self.model.generation_config = GenerationConfig(
             eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id, bos_token_id=base.bos_token_id
         )
+        # JSON answers: one compiled grammar per schema for this worker's lifetime.
+        self.grammars = Grammars(self.tokenizer, self.model.config.get_text_config().vocab_size, self.eos_ids)
         self._lock = threading.Lock()
 
     @classmethod
@@ -192,7 +195,7 @@ class HFBackend:
         self.info = replace(self.info, adapters=(adapter,))
 
     def prepare(self, request: GenerationRequest) -> Prepared:
-        """Token ids (caller text as plain text), image pixels, and the context check."""
+        """Token ids (caller text as plain text), image pixels, the context check, and the compiled grammar."""
         started = time.perf_counter()
         prompt = self.prompts.build(request.messages())
         check_context(len(prompt.ids), request.max_new_tokens, self.info.context_length, request.input_field)
@@ -205,6 +208,8 @@ class HFBackend:
             features["pixel_values"] = self.processor.image_processor(prompt.images, return_tensors="pt")[
                 "pixel_values"
             ]
+        if request.structured:  # compiled here, off the generation thread; InputError if it can't be
+            features["grammar"] = self.grammars.compiled(request.structured)
         return Prepared(request, prompt, time.perf_counter() - started, features)
 
     def generate_batch(
@@ -226,6 +231,11 @@ class HFBackend:
             for prepared, callback in zip(batch, on_delta or [None] * len(batch), strict=True)
         ]
         streamer = _BatchStreamer(decoders)
+        grammars = [prepared.features.get("grammar") for prepared in batch]
+        # Rows without a grammar are left alone; a batch of free rows gets no processor at all.
+        processors = LogitsProcessorList(
+            [self.grammars.processor(grammars)] if any(g is not None for g in grammars) else []
+        )
         # A row whose answer reached a stop string ends there, as if it had generated EOS.
         stopping = StoppingCriteriaList([_DecoderStopped(decoders)] if any(p.request.stop for p in batch) else [])
         rows = [prepared.request.adapter or PEFT_BASE for prepared in batch]
@@ -239,6 +249,7 @@ class HFBackend:
                     **inputs,
                     generation_config=self._generation_config(key),
                     streamer=streamer,
+                    logits_processor=processors,
                     stopping_criteria=stopping,
                     **adapters,
                 )
