@@ -180,6 +180,10 @@ class Report:
     def section(self, title: str) -> None:
         self.rows.append(Row(f"**{title}**", ""))
 
+    def skipped(self, what: str, why: str) -> None:
+        """An experiment not run (e.g. it can't fit this machine): a row that says why."""
+        self.rows.append(Row(what, f"skipped: {why}", "", "SKIPPED"))
+
     def failed(self, what: str, error: BaseException | str) -> None:
         """A broken experiment becomes a row, not a crash: the rest of the table still matters."""
         message = (

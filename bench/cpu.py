@@ -200,7 +200,12 @@ def parse_variant(text: str) -> dict[str, str]:
 
 
 def run_parent(args: argparse.Namespace) -> None:
-    report = Report("MedGemma worker benchmark: CPU, embedded stand-in model", command_line("bench"), Path(args.out))
+    report = Report(
+        "MedGemma worker benchmark: CPU, embedded stand-in model",
+        command_line("bench"),
+        Path(args.out),
+        block="bench.cpu",
+    )
     documents, source = load_documents(args.docs, args.doc_chars)
     concurrency = [int(value) for value in args.concurrency.split(",")]
     skip = set(filter(None, args.skip.split(",")))

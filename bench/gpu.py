@@ -180,15 +180,25 @@ JOB_LENGTH_FACTORS = (1.0, 0.8, 1.2, 0.9, 1.1, 0.75, 1.25, 0.95)
 # -- the model -------------------------------------------------------------------------------
 
 
-def build_config(tiny: bool) -> Any:
-    """A Gemma3Config with MedGemma 1.5 4B's shapes (or toy shapes for the CPU dry run)."""
+def build_config(tiny: bool, text_layers: int | None = None, vision_layers: int | None = None) -> Any:
+    """A Gemma3Config with MedGemma 1.5 4B's shapes (or toy shapes for the CPU dry run).
+
+    ``text_layers`` / ``vision_layers`` cut the depth and nothing else (a fast shape check);
+    a cut decoder still ends with a global-attention layer, so both kinds are exercised.
+    """
     from transformers import Gemma3Config, Gemma3TextConfig, SiglipVisionConfig
 
-    shapes = TINY_TEXT if tiny else TEXT_SHAPES
+    shapes = dict(TINY_TEXT if tiny else TEXT_SHAPES)
+    vision_shapes = dict(TINY_VISION if tiny else VISION_SHAPES)
+    if vision_layers is not None:
+        vision_shapes["num_hidden_layers"] = vision_layers
     layer_types = [
         "full_attention" if (index + 1) % SLIDING_PATTERN == 0 else "sliding_attention"
         for index in range(shapes["num_hidden_layers"])
     ]
+    if text_layers is not None:
+        shapes["num_hidden_layers"] = text_layers
+        layer_types = layer_types[: text_layers - 1] + ["full_attention"]
     common = dict(shapes, layer_types=layer_types, eos_token_id=EOS_IDS, pad_token_id=PAD, bos_token_id=BOS)
     try:  # transformers 5: one rope dict per attention type
         text = Gemma3TextConfig(
@@ -209,7 +219,7 @@ def build_config(tiny: bool) -> Any:
             rope_local_base_freq=ROPE["local"],
             rope_scaling={"rope_type": "linear", "factor": ROPE["linear_factor"]},
         )
-    vision = SiglipVisionConfig(**(TINY_VISION if tiny else VISION_SHAPES))
+    vision = SiglipVisionConfig(**vision_shapes)
     return Gemma3Config(
         text_config=text,
         vision_config=vision,

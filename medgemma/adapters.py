@@ -1,9 +1,9 @@
 """LoRA adapters on top of the base model (``ADAPTERS``): found, checked once at start-up, chosen per job.
 
 Each adapter's files come from where the model's do (``medgemma.sources.resolve_repo``: a local
-directory, or the hub, its cached copy first). Before any engine loads it, it is checked
-against the base model's layers (``ModelModules``, which an engine builds without loading
-weights), so a mismatch stops the worker with one line naming the adapter and the problem:
+directory, else a cached snapshot, baked, in RunPod's cache or on the network volume, else the
+hub). Before any engine loads it, it is checked against the base model's layers (``ModelModules``,
+which an engine builds without loading weights), so a mismatch stops the worker with one line naming the adapter and the problem:
 
 - it is a plain LoRA: the PEFT features neither engine serves (vLLM refuses them: DoRA, biases,
   ``modules_to_save``, ...) are refused on both, so both engines serve the same adapters;
@@ -96,20 +96,19 @@ def resolve_adapters(settings: Settings, base: ModelSource, modules: ModelModule
 
 
 def fetch(spec: AdapterSpec, settings: Settings) -> Path:
-    """The adapter's local directory: as configured, or its hub snapshot (a cached one first, as baked)."""
-    source = resolve_repo(spec.source, settings)
+    """The adapter's local directory: as configured, a cached snapshot (in the model's order), or a download."""
+    source = resolve_repo(spec.source, settings, complete=has_adapter_files)
     if Path(source.location).is_dir():
         return Path(source.location)
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
 
     with model_access_errors(source, subject=f"ADAPTERS: adapter {spec.name!r} ({spec.source})"):
-        try:
-            return Path(snapshot_download(spec.source, allow_patterns=list(ADAPTER_FILES), local_files_only=True))
-        except LocalEntryNotFoundError:
-            if source.local_only:
-                raise
-        return Path(snapshot_download(spec.source, allow_patterns=list(ADAPTER_FILES)))
+        return Path(snapshot_download(spec.source, allow_patterns=list(ADAPTER_FILES), **source.hub_kwargs()))
+
+
+def has_adapter_files(snapshot: Path) -> bool:
+    """A usable cached copy of an adapter: both of its files."""
+    return all((snapshot / name).is_file() for name in ADAPTER_FILES)
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -36,7 +36,7 @@ def revision(source: ModelSource, files: Collection[str] | None = None, probe_fi
         return snapshot_commit(path) or directory_hash(path, files)
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(source.location, probe_file)
+    cached = try_to_load_from_cache(source.location, probe_file, cache_dir=source.cache_dir)
     commit = snapshot_commit(Path(cached).parent) if isinstance(cached, str) else None
     return commit or "unknown (not in the local hub cache)"
 

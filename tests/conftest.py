@@ -23,18 +23,28 @@ import requests
 pytest_plugins = ["client_fixtures"]
 
 REPO = Path(__file__).resolve().parent.parent
-# Small answers keep the suite fast on 2 CPU cores; behaviour, not wording, is tested.
-TEST_ENV = {"MAX_NEW_TOKENS": "12", "LOG_LEVEL": "INFO"}
+# Small answers keep the suite fast on 2 CPU cores; behaviour, not wording, is tested. The
+# dummy image is off: with MedGemma's geometry it adds ~260 prompt tokens, which made a
+# 12-token stand-in job 1.45x slower (5.4 s against 3.7 s). The tests of the dummy image
+# itself opt back in (``worker_with_dummy``, or their own settings).
+TEST_ENV = {"MAX_NEW_TOKENS": "12", "LOG_LEVEL": "INFO", "DUMMY_IMAGE": "false"}
 #: The vLLM engine in tests: eager (no minutes of torch.compile) and a small KV cache on a shared machine.
 VLLM_TEST_ENV = {"ENGINE": "vllm", "ENFORCE_EAGER": "true", "VLLM_CPU_KVCACHE_SPACE": "1"}
 SERVER_START_TIMEOUT_S = 300
 DEFAULT_TEST_TIMEOUT_S = 600
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--bench", action="store_true", help="also run the benchmarks' reduced runs (minutes, GBs)")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "model: needs the embedded stand-in model (built once, cached)")
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
     config.addinivalue_line("markers", "slow: takes more than a few seconds (fault injection, subprocesses)")
+    config.addinivalue_line(
+        "markers", "bench: a benchmark's reduced run (minutes, GBs of RAM); skipped without --bench"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -44,6 +54,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(DEFAULT_TEST_TIMEOUT_S))
         if "gpu" in item.keywords and not cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if item.get_closest_marker("bench") is not None and not config.getoption("--bench"):
+            item.add_marker(pytest.mark.skip(reason="a benchmark's reduced run: pytest --bench"))
 
 
 def _cuda_available() -> bool:
@@ -112,11 +124,14 @@ def vision_worker(worker):
 
 
 @pytest.fixture
-def worker_without_dummy(worker):
-    """The same engine, with DUMMY_IMAGE=false."""
+def worker_with_dummy(worker, monkeypatch):
+    """The same engine with DUMMY_IMAGE=true (the worker's default), installed as handler.py's state."""
+    import handler
     from medgemma.worker import Worker
 
-    return Worker(replace(worker.settings, dummy_image=False), worker.engine)
+    with_dummy = Worker(replace(worker.settings, dummy_image=True), worker.engine)
+    monkeypatch.setattr(handler, "WORKER", with_dummy)
+    return with_dummy
 
 
 def _free_port() -> int:

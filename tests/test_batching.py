@@ -99,3 +99,11 @@ def test_a_job_that_fails_tokenization_is_no_longer_waited_for(patient_engine):
     assert results[0]["error"].startswith("text: the prompt is ")
     # Had the failed job still counted as tokenizing, the batch would have waited 30 s for it.
     assert results[1]["timings"]["queue_s"] < 10
+
+
+def test_a_worker_takes_a_batch_of_jobs_at_once_by_default(transformers_worker):
+    """MAX_CONCURRENCY unset: RunPod may hand the worker MAX_BATCH_SIZE jobs (on CPU as on CUDA)."""
+    assert transformers_worker.settings.max_concurrency is None
+    assert transformers_worker.max_concurrency == transformers_worker.settings.max_batch_size == 8
+    explicit = Worker(replace(transformers_worker.settings, max_concurrency=3), transformers_worker.engine)
+    assert explicit.max_concurrency == 3

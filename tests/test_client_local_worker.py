@@ -42,9 +42,13 @@ def test_one_document_async(local_worker_url, tmp_path):
 
 @pytest.mark.timeout(2 * JOB_TIMEOUT_S)
 def test_batch_of_raw_then_resume_skips_everything(local_worker_url, tmp_path):
-    out = tmp_path / "summaries"
-    sources = sorted(path.relative_to(RAW) for path in RAW.rglob("*.md"))
-    args = ("--batch", RAW, "--out", out, "--concurrency", "2")
+    """Three of raw/'s notes (one in a subfolder): every note's summary, then a resume that skips them all."""
+    raw, out = tmp_path / "raw", tmp_path / "summaries"
+    for name, target in (("EP001.md", "EP001.md"), ("FF349.md", "FF349.md"), ("lab_panel_LP077.md", "labs/LP077.md")):
+        (raw / target).parent.mkdir(parents=True, exist_ok=True)
+        (raw / target).write_bytes((RAW / name).read_bytes())
+    sources = sorted(path.relative_to(raw) for path in raw.rglob("*.md"))
+    args = ("--batch", raw, "--out", out, "--concurrency", "2")
 
     first = run_cli(*args, env=local_env(local_worker_url), cwd=tmp_path, timeout=2 * JOB_TIMEOUT_S)
 

@@ -57,6 +57,12 @@ class RaisingBackend:
                 callback("fine")
         return [Completion("fine", 3, 1, "stop", 0.0, 0.0) for _ in batch]
 
+    def kv_cache_bytes(self, prompt_tokens, max_new_tokens):
+        return 0
+
+    def memory_budget(self):
+        return None
+
 
 @pytest.fixture
 def make_worker(monkeypatch):

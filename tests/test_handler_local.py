@@ -52,11 +52,11 @@ def assert_answer(result: dict) -> None:
     assert {"queue_s", "prepare_s", "time_to_first_token_s", "generate_s", "total_s"} <= set(result["timings"])
 
 
-def test_summarize(worker):
+def test_summarize(worker_with_dummy):
     result = run(handler.handler(job(mode="summarize")))
     assert_answer(result)
     # A text-only model gets no dummy image (it takes none).
-    assert result["mode"] == "summarize" and result["used_dummy_image"] is worker.engine.info.vision
+    assert result["mode"] == "summarize" and result["used_dummy_image"] is worker_with_dummy.engine.info.vision
 
 
 def test_general_question(worker):
@@ -93,9 +93,9 @@ def test_two_images_cost_two_images_of_tokens(vision_worker):
     assert two["usage"]["prompt_tokens"] - one["usage"]["prompt_tokens"] >= MM_TOKENS_PER_IMAGE + 2
 
 
-def test_text_only_with_dummy_image_on_and_off(vision_worker, worker_without_dummy):
-    with_dummy = run(vision_worker.run(job()))
-    text_only = run(worker_without_dummy.run(job()))
+def test_text_only_with_dummy_image_on_and_off(vision_worker, worker_with_dummy):
+    with_dummy = run(worker_with_dummy.run(job()))
+    text_only = run(vision_worker.run(job()))
     assert_answer(with_dummy)
     assert_answer(text_only)
     assert with_dummy["used_dummy_image"] is True and text_only["used_dummy_image"] is False

@@ -162,7 +162,7 @@ def test_json_and_free_jobs_batch_together_with_the_answers_they_get_alone(batch
 
 NOTE_2 = "SYNTHETIC. Cough for three days. Temperature 38.1 C. Chest clear. Paracetamol as needed."
 #: Four JSON and four free jobs with different prompts (so rows are padded differently), as bench.structured
-#: batches them; the worker's default dummy image is on, so every row carries an image.
+#: batches them, with the worker's default dummy image on, so every row carries an image.
 MIXED = {
     "summary": {"text": NOTE, "format": "json"},
     "summary-2": {"text": NOTE_2, "format": "json"},
@@ -176,12 +176,16 @@ MIXED = {
 
 
 def test_a_batch_of_four_json_and_four_free_jobs_with_images_matches_each_job_alone(
-    transformers_worker, batching_engine, served
+    transformers_worker, batching_engine
 ) -> None:
-    jobs = {name: {**data, "max_new_tokens": BUDGET} for name, data in MIXED.items()}
-    assert transformers_worker.settings.dummy_image
-    alone = {name: run(transformers_worker.run({"id": name, "input": data})) for name, data in jobs.items()}
+    # 16 tokens: the rows differ within them (the JSON ones are cut off, which the comparison covers too).
+    jobs = {name: {**data, "max_new_tokens": 16} for name, data in MIXED.items()}
+    with_dummy = replace(transformers_worker.settings, dummy_image=True)
+    alone = {
+        name: run(Worker(with_dummy, transformers_worker.engine).run({"id": name, "input": data}))
+        for name, data in jobs.items()
+    }
     for name, output in alone.items():
         assert "error" not in output, (name, output)
         assert ("parsed" in output) == (name in ("summary", "summary-2", "enums", "nested")), name
-    _same_as_alone(_together(Worker(transformers_worker.settings, batching_engine), jobs), alone)
+    _same_as_alone(_together(Worker(with_dummy, batching_engine), jobs), alone)

@@ -22,6 +22,7 @@ import handler
 from medgemma.errors import SettingsError
 from medgemma.images import create_dummy_image, encode_image
 from medgemma.request import TEXT_ONLY_PROBLEM, parse_job_input
+from medgemma.standin import TEXT_STANDIN_DIRNAME
 from medgemma.worker import Worker
 from tests.conftest import REPO, TEST_ENV, VLLM_TEST_ENV, run
 
@@ -173,7 +174,7 @@ def test_an_image_on_the_text_only_model_is_an_input_error(vllm_worker, field, m
 def test_the_engine_reports_what_vllm_planned_at_start_up(vllm_worker):
     info, config = vllm_worker.engine.info, vllm_worker.engine.llm.vllm_config
     assert (info.engine, info.vision, info.run_mode) == ("vllm", False, "cpu/none/float32")
-    assert info.source.startswith("embedded-standin:") and info.source.endswith("medgemma-standin-text-v1-from-v1")
+    assert info.source.startswith("embedded-standin:") and info.source.endswith(TEXT_STANDIN_DIRNAME)
     assert info.context_length == 32768
     # MAX_CONCURRENCY's default: how many full-context requests vLLM's KV cache holds.
     assert info.max_concurrency == min(
@@ -197,7 +198,7 @@ def test_the_handler_answers_test_input_json_on_vllm(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     logged = result.stdout + result.stderr
     output = ast.literal_eval(logged.split("Job result: ", 1)[1].splitlines()[0])["output"]  # the SDK logs a repr
-    assert output["run_mode"] == "cpu/none/float32" and output["model"].endswith("medgemma-standin-text-v1-from-v1")
+    assert output["run_mode"] == "cpu/none/float32" and output["model"].endswith(TEXT_STANDIN_DIRNAME)
     assert output["output"] and output["used_dummy_image"] is False
     assert "engine=vllm" in logged
 

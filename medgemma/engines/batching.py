@@ -8,10 +8,16 @@ then takes up to ``max_batch_size`` queued jobs that share the first job's sampl
 (jobs that can't share a batch keep their place for the next one) and generates them in
 one call.
 
+Before a batch is formed its KV cache is estimated (``backend.kv_cache_bytes``: prompt
+lengths left-padded to the longest, plus max_new_tokens) against the memory the device has
+free (``backend.memory_budget``). Jobs that would not fit wait for the next batch; a job that
+can't fit even alone is refused with an InputError that says so.
+
 A job that fails validation never reaches the queue, so a bad job fails alone; if a whole
-batch fails (e.g. out of GPU memory), its jobs are retried one at a time so only the job
-that can't run fails. A GPU fault that poisons the process fails every job in the batch,
-and every later one, with a HostError (the worker asks RunPod to replace it). Nothing here imports torch: the backend does the model work.
+batch still fails (e.g. out of GPU memory despite the estimate), its jobs are retried one
+at a time so only the job that can't run fails. A GPU fault that poisons the process fails
+every job in the batch, and every later one, with a HostError (the worker asks RunPod to
+replace it). Nothing here imports torch: the backend does the model work.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from typing import Protocol
 from medgemma.adapters import Adapter
 from medgemma.decoding import DeltaCallback
 from medgemma.engines.base import Completion, EngineResult, ModelInfo, Prepared, host_fault, stream_deltas
-from medgemma.errors import GenerationFailed, HostError, redacted_traceback
+from medgemma.engines.memory import GIB
+from medgemma.errors import GenerationFailed, HostError, InputError, redacted_traceback
 from medgemma.request import GenerationRequest, SamplingKey
 
 log = logging.getLogger(__name__)
@@ -51,6 +58,14 @@ class Backend(Protocol):
     def generate_batch(
         self, batch: list[Prepared], on_delta: list[DeltaCallback | None] | None = None
     ) -> list[Completion]: ...
+
+    def kv_cache_bytes(self, prompt_tokens: list[int], max_new_tokens: int) -> int:
+        """The KV cache one batch of these prompt lengths needs (``medgemma.engines.memory``)."""
+        ...
+
+    def memory_budget(self) -> int | None:
+        """Bytes the next batch's KV cache may take now; None: no limit known."""
+        ...
 
     def load_adapters(self, adapters: Sequence[Adapter]) -> None: ...
 
@@ -136,7 +151,8 @@ class BatchEngine:
                 self._waiting.append(item)
             self._gather()
             batch = self._take_batch()
-            self._serve(batch)
+            if batch:
+                self._serve(batch)
 
     def _gather(self) -> None:
         """Wait briefly for more jobs to join the first one, then drain the inbox.
@@ -164,11 +180,33 @@ class BatchEngine:
             self._waiting.append(item)
 
     def _take_batch(self) -> list[_Job]:
-        """The oldest job and the following ones that share its sampling key, in order."""
+        """The oldest job and the following ones that share its sampling key, in order, as many as fit.
+
+        A job whose KV cache would overflow the memory left keeps its place for the next
+        batch; one that can't fit alone is refused (and taken off the queue).
+        """
         key = self._waiting[0].key
-        batch = [job for job in self._waiting if job.key == key][: self.max_batch_size]
-        chosen = set(map(id, batch))
-        self._waiting = [job for job in self._waiting if id(job) not in chosen]
+        candidates = [job for job in self._waiting if job.key == key][: self.max_batch_size]
+        budget = self.backend.memory_budget()
+        batch: list[_Job] = []
+        refused: list[_Job] = []
+        held = 0  # the KV cache the batch so far needs
+        for job in candidates:
+            rows = [chosen.prepared.prompt_tokens for chosen in batch] + [job.prepared.prompt_tokens]
+            need = self.backend.kv_cache_bytes(rows, key.max_new_tokens)
+            if budget is None or need <= budget:
+                batch.append(job)
+                held = need
+            elif not batch:
+                refused.append(job)
+                self._settle(job, error=_too_big(job, need, budget))
+        if budget is not None and len(batch) + len(refused) < len(candidates):
+            log.info(
+                "batch split to fit memory: %d of %d jobs now, KV cache %.2f GiB of %.2f GiB usable",
+                len(batch), len(candidates) - len(refused), held / GIB, budget / GIB,
+            )  # fmt: skip
+        taken = set(map(id, batch + refused))
+        self._waiting = [job for job in self._waiting if id(job) not in taken]
         return batch
 
     def _serve(self, batch: list[_Job]) -> None:
@@ -212,3 +250,13 @@ class BatchEngine:
             job.loop.call_soon_threadsafe(settle)
         except RuntimeError:  # that caller's event loop has closed: nobody is waiting
             log.warning("job finished after its caller's event loop closed")
+
+
+def _too_big(job: _Job, need: int, budget: int) -> InputError:
+    prepared = job.prepared
+    return InputError(
+        "text",
+        f"the prompt is {prepared.prompt_tokens} tokens and max_new_tokens is {prepared.request.max_new_tokens}, "
+        f"whose KV cache (~{need / GIB:.2f} GiB) does not fit the {budget / GIB:.2f} GiB this worker has free; "
+        "shorten the text or lower max_new_tokens",
+    )

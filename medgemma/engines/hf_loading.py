@@ -99,15 +99,13 @@ def load_checkpoint(settings: Settings, source: ModelSource) -> LoadedCheckpoint
     with model_access_errors(source):
         saved_quantization, saved_dtype = checkpoint_quantization(source)
         runtime = resolve_runtime(settings, saved_dtype)
-        processor = AutoProcessor.from_pretrained(source.location, local_files_only=source.local_only)
+        processor = AutoProcessor.from_pretrained(source.location, **source.hub_kwargs())
         if saved_quantization:
             runtime = Runtime(runtime.device, f"{saved_quantization} (pre-quantized)", runtime.dtype)
         kwargs = model_load_kwargs(
             runtime.quantization, getattr(torch, runtime.dtype), runtime.device, prequantized=bool(saved_quantization)
         )
-        model = AutoModelForImageTextToText.from_pretrained(
-            source.location, local_files_only=source.local_only, **kwargs
-        ).eval()
+        model = AutoModelForImageTextToText.from_pretrained(source.location, **source.hub_kwargs(), **kwargs).eval()
     if runtime.quantization == "none":
         model.to(runtime.device)
     return LoadedCheckpoint(processor, model, runtime, round(time.perf_counter() - started, 2))
@@ -115,7 +113,7 @@ def load_checkpoint(settings: Settings, source: ModelSource) -> LoadedCheckpoint
 
 def checkpoint_quantization(source: ModelSource) -> tuple[str | None, str | None]:
     """(quant method, compute dtype) a checkpoint was saved with; (None, None) if unquantized."""
-    config = AutoConfig.from_pretrained(source.location, local_files_only=source.local_only)
+    config = AutoConfig.from_pretrained(source.location, **source.hub_kwargs())
     quant = getattr(config, "quantization_config", None)
     if not quant:
         return None, None

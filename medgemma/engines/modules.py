@@ -18,7 +18,7 @@ from medgemma.sources import ModelSource
 def model_modules(source: ModelSource) -> ModelModules:
     """Every ``nn.Linear`` of the checkpoint's transformers model, and its decoder's prefix."""
     with model_access_errors(source):
-        config = AutoConfig.from_pretrained(source.location, local_files_only=source.local_only)
+        config = AutoConfig.from_pretrained(source.location, **source.hub_kwargs())
     vision = getattr(config, "vision_config", None) is not None
     with torch.device("meta"):
         model = (AutoModelForImageTextToText if vision else AutoModelForCausalLM).from_config(config)
