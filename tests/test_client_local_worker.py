@@ -54,7 +54,7 @@ def test_batch_of_raw_then_resume_skips_everything(local_worker_url, tmp_path):
 
     assert first.returncode == EXIT_OK, first.stderr
     assert first.stderr.strip().splitlines()[-1] == f"{len(sources)} done, 0 skipped, 0 failed"
-    written = sorted(path.relative_to(out) for path in out.rglob("*"))
+    written = sorted(path.relative_to(out) for path in out.rglob("*") if path.is_file())
     assert written == sources
     for relative in written:
         text = (out / relative).read_text(encoding="utf-8")
