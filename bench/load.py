@@ -40,7 +40,7 @@ import psutil
 import requests
 
 from bench.common import REPO_ROOT, Report, Target, apply_presets, command_line, fmt_bytes
-from bench.cpu import load_documents
+from bench.cpu import CHILD_ENV, load_documents
 
 RESULTS_PATH = REPO_ROOT / "bench" / "RESULTS.md"
 SERVER_START_TIMEOUT_S = 600
@@ -58,16 +58,7 @@ BAD_INPUTS = (
 )
 BAD_SHARE = 0.1
 IMAGE_SHARE = 0.05
-SERVER_ENV = {
-    "MODEL_ID": "",
-    "DEVICE": "cpu",
-    "QUANTIZATION": "",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "TOKENIZERS_PARALLELISM": "false",
-    "LOG_LEVEL": "WARNING",
-    "RUNPOD_LOG_LEVEL": "WARN",  # the SDK spells it WARN
-}
+SERVER_ENV = {**CHILD_ENV, "RUNPOD_LOG_LEVEL": "WARN"}  # the SDK spells it WARN
 
 
 @dataclass(frozen=True)
