@@ -20,18 +20,11 @@ import handler
 from medgemma.openai_api import SCHEMA_PARAM
 from medgemma.request import STOP_WITH_JSON_PROBLEM
 from tests.test_openai_client import MESSAGES, connect, raw_completion
+from tests.test_structured_jobs import ENUMS
 
 pytestmark = pytest.mark.model
 
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "severity": {"enum": ["mild", "moderate", "severe"]},
-        "admitted": {"type": "boolean"},
-        "follow_up_days": {"type": "integer", "minimum": 0, "maximum": 90},
-    },
-    "required": ["severity", "admitted", "follow_up_days"],
-}
+SCHEMA = ENUMS  # the native JSON jobs' triage schema, here through response_format
 AS_SCHEMA = {"type": "json_schema", "json_schema": {"name": "triage", "schema": SCHEMA, "strict": True}}
 BUDGET = {"max_tokens": 40}
 #: Any-object answers can run on (the stand-in likes long numbers); this one closes early.
