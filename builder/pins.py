@@ -30,7 +30,8 @@ HEADER += "# there is said beside it) and re-run; tests/test_builder.py fails wh
 ABOUT = {
     "suite": (
         "# The CPU test suite's set, installed by builder/setup_local.sh (which then removes PyPI's\n"
-        "# CUDA-only torchvision, torchaudio and torchcodec: see there why). {cpu} in place of the image's {cuda}.\n"
+        "# CUDA-only torchaudio and torchcodec, and lets its torchvision import: see there why).\n"
+        "# {cpu} in place of the image's {cuda}.\n"
     ),
     "image": (
         "# The GPU image's set (../Dockerfile): the CUDA builds of the versions ../requirements.txt pins\n"

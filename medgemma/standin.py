@@ -32,11 +32,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 #: Bump when the build recipe changes, so stale caches are rebuilt, not reused.
-STANDIN_VERSION = "v2"  # v2: MedGemma's 896 px / 256-token image geometry
+STANDIN_VERSION = "v3"  # v2: MedGemma's 896 px / 256-token image geometry; v3: its checkpoint's key layout
 STANDIN_DIRNAME = f"medgemma-standin-{STANDIN_VERSION}"
-#: The text-only variant (the same decoder as ``Gemma3ForCausalLM``), versioned on its own.
-TEXT_STANDIN_VERSION = "v1"
-TEXT_STANDIN_DIRNAME = f"medgemma-standin-text-{TEXT_STANDIN_VERSION}-from-{STANDIN_VERSION}"
 #: Written last; its presence means the directory is complete.
 COMPLETE_MARKER = ".complete"
 
@@ -116,11 +113,6 @@ def standin_path(cache_root: Path) -> Path:
     return Path(cache_root) / STANDIN_DIRNAME
 
 
-def text_standin_path(cache_root: Path) -> Path:
-    """Where the text-only stand-in lives under ``cache_root`` (whether built or not)."""
-    return Path(cache_root) / TEXT_STANDIN_DIRNAME
-
-
 def is_built(cache_root: Path) -> bool:
     return _is_complete(standin_path(cache_root))
 
@@ -132,23 +124,6 @@ def ensure_standin(cache_root: Path) -> Path:
     the lock and then reuse its result.
     """
     return _ensure_built(standin_path(cache_root), _build_into, STANDIN_VERSION, "the embedded stand-in (~1-2 min)")
-
-
-def ensure_text_standin(cache_root: Path) -> Path:
-    """Return the text-only stand-in's directory, building it (and the stand-in) first if needed.
-
-    The same 270M decoder, tokenizer, chat template and generation config as the
-    stand-in, saved as ``Gemma3ForCausalLM``: what vLLM serves on CPU, where its
-    multimodal Gemma 3 can't load (it needs torchvision, which has no CPU-torch build
-    on PyPI). Built from the stand-in's own files, so the two can't drift apart.
-    """
-    source = ensure_standin(cache_root)
-    return _ensure_built(
-        text_standin_path(cache_root),
-        lambda out_dir: _build_text_into(source, out_dir),
-        TEXT_STANDIN_VERSION,
-        "the text-only stand-in (seconds)",
-    )
 
 
 def _is_complete(target: Path) -> bool:
@@ -269,6 +244,7 @@ def _build_into(out_dir: Path) -> None:
         **GENERATION_DEFAULTS,
     )
     model.to(torch.bfloat16).save_pretrained(out_dir)
+    _to_hub_layout(out_dir / WEIGHTS_FILE)
 
     processor = Gemma3Processor(
         image_processor=Gemma3ImageProcessorPil(
@@ -284,36 +260,29 @@ def _build_into(out_dir: Path) -> None:
     processor.save_pretrained(out_dir)
 
 
-#: Copied byte for byte into the text-only stand-in: same tokens, ids, template and eos/sampling defaults.
-TEXT_STANDIN_SHARED_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
-_LANGUAGE_MODEL_PREFIX = "language_model."
+WEIGHTS_FILE = "model.safetensors"
+#: google/medgemma-1.5-4b-it's key layout, as its model.safetensors.index.json has it
+#: (https://huggingface.co/google/medgemma-1.5-4b-it/blob/main/model.safetensors.index.json,
+#: saved by transformers 4.x): the SigLIP tower keeps its ``vision_model.`` level. transformers 5
+#: saves it flattened (``vision_tower.encoder.*``), a layout vLLM's Gemma 3 can't map, so the
+#: stand-in's keys are renamed to the Hub's. tests/medgemma_keys.txt holds the real names.
+HUB_KEY_PREFIXES = {"vision_tower.": "vision_tower.vision_model."}
 
 
-def _build_text_into(source: Path, out_dir: Path) -> None:
-    """Save the stand-in's decoder as a ``Gemma3ForCausalLM`` checkpoint, no model instantiated.
-
-    The multimodal checkpoint stores the decoder as ``language_model.model.*`` (and ties
-    the output head to the embedding); a causal LM stores it as ``model.*``.
-    """
+def _to_hub_layout(weights: Path) -> None:
+    """Rename the saved keys to the real checkpoint's layout (transformers loads both)."""
     from safetensors.torch import load_file, save_file
-    from transformers import AutoConfig
 
-    text_config = AutoConfig.from_pretrained(source, local_files_only=True).get_text_config()
-    text_config.architectures = ["Gemma3ForCausalLM"]
-    text_config.dtype = "bfloat16"
-    text_config.save_pretrained(out_dir)
+    tensors = load_file(weights)
+    save_file({hub_key(name): tensor for name, tensor in tensors.items()}, weights, metadata={"format": "pt"})
 
-    weights = load_file(source / "model.safetensors")
-    decoder = {
-        name.removeprefix(_LANGUAGE_MODEL_PREFIX): tensor
-        for name, tensor in weights.items()
-        if name.startswith(_LANGUAGE_MODEL_PREFIX)
-    }
-    if not decoder:
-        raise RuntimeError(f"{source} holds no {_LANGUAGE_MODEL_PREFIX}* weights")
-    save_file(decoder, out_dir / "model.safetensors", metadata={"format": "pt"})
-    for name in TEXT_STANDIN_SHARED_FILES:
-        shutil.copyfile(source / name, out_dir / name)
+
+def hub_key(name: str) -> str:
+    """A key as transformers 5 saves it -> as google/medgemma-1.5-4b-it stores it."""
+    for prefix, hub_prefix in HUB_KEY_PREFIXES.items():
+        if name.startswith(prefix) and not name.startswith(hub_prefix):
+            return hub_prefix + name.removeprefix(prefix)
+    return name
 
 
 def _with_image_tokens(tokenizer, scratch: Path):

@@ -94,7 +94,7 @@ def transformers_worker(settings):
 
 @pytest.fixture(scope="session")
 def vllm_worker():
-    """The real Worker on the text-only stand-in, vLLM engine (its processes start once per session)."""
+    """The real Worker on the stand-in, vLLM engine, vision tower included (its processes start once per session)."""
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vllm is not installed")
     from medgemma.settings import Settings
@@ -117,9 +117,8 @@ def worker(request, monkeypatch):
 
 @pytest.fixture
 def vision_worker(worker):
-    """``worker`` where its model takes images; a text-only model's refusal is tested on its own."""
-    if not worker.engine.info.vision:
-        pytest.skip(f"the {worker.engine.info.engine} engine serves a text-only model here")
+    """``worker``, named where a test sends images: both engines serve the stand-in's vision tower."""
+    assert worker.engine.info.vision, f"the {worker.engine.info.engine} engine lost the stand-in's vision tower"
     return worker
 
 

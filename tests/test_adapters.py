@@ -1,8 +1,8 @@
 """LoRA adapters on the stand-in: loaded at start-up, checked against the model, chosen per job, with provenance.
 
 The adapters are built once per session with PEFT (``tests/lora_adapters.py``), with fixed
-random weights that change the answers, for the stand-in each engine serves (``<engine>_kit``;
-vLLM's is the text-only twin, whose layers are named ``model.layers.N``). Tests of what every
+random weights that change the answers, for the stand-in both engines serve (``<engine>_kit``
+is the same kit for each). Tests of what every
 engine must do take ``engine``, ``kit`` and ``adapter_worker``, which follow ENGINES; tests of
 the transformers engine's own batching and of PEFT's reference answers name it. Answers are a
 few tokens: behaviour, not wording.
@@ -56,14 +56,13 @@ class Kit:
         return tuple(AdapterSpec(name, str(getattr(self, name.replace("-", "_")))) for name in names)
 
 
-def build_kit(settings, root: Path, text_only: bool = False) -> Kit:
-    """Two adapters and two broken copies for the stand-in an engine serves (``text_only``: vLLM's)."""
+def build_kit(settings, root: Path) -> Kit:
+    """Two adapters and two broken copies for the stand-in."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText
 
-    source = resolve_source(settings, text_only=text_only)
-    model_class = AutoModelForCausalLM if text_only else AutoModelForImageTextToText
-    base = model_class.from_pretrained(source.location, dtype=torch.float32).eval()
+    source = resolve_source(settings)
+    base = AutoModelForImageTextToText.from_pretrained(source.location, dtype=torch.float32).eval()
     cardio = build_lora(base, root / "cardio", seed=1, rank=4)
     return Kit(
         base=base,
@@ -89,13 +88,13 @@ def transformers_adapter_worker(settings, transformers_kit):
 
 
 @pytest.fixture(scope="session")
-def vllm_kit(settings, tmp_path_factory, vllm_worker) -> Kit:
-    return build_kit(settings, tmp_path_factory.mktemp("vllm-adapters"), text_only=True)
+def vllm_kit(transformers_kit) -> Kit:
+    return transformers_kit  # both engines serve the same multimodal checkpoint
 
 
 @pytest.fixture(scope="module")
 def vllm_adapter_worker(vllm_worker, vllm_kit):
-    """The text-only stand-in on vLLM with two adapters, through Worker.start (a second vLLM engine, closed
+    """The stand-in on vLLM with two adapters, through Worker.start (a second vLLM engine, closed
     after this module so that the rest of the session does not hold its memory)."""
     specs = vllm_kit.specs("cardio", "notes")
     loaded = Worker.start(replace(vllm_worker.settings, adapters=specs))
@@ -235,7 +234,7 @@ def test_a_batch_mixing_adapters_gives_every_job_its_answer_alone(transformers_a
 
 
 def test_vllm_serves_each_adapter_as_peft_generates_it_alone_or_mixed(vllm_adapter_worker, vllm_kit, vllm_worker):
-    """vLLM's LoRA kernels against PEFT's own generate on the same text-only base, and in a mixed batch.
+    """vLLM's LoRA kernels against PEFT's own generate on the same base, and in a mixed batch.
 
     A base-model row must be the base model's answer (vLLM's CPU LoRA ops gave it the last adapter).
     """

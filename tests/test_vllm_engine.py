@@ -1,4 +1,4 @@
-"""The vLLM engine on the text-only stand-in: parity with transformers, aborts, refusals, start-up.
+"""The vLLM engine on the stand-in: parity with transformers, aborts, refusals, start-up.
 
 The job tests of the other files already run on both engines (the ``worker`` fixture); these
 cover what only the vLLM engine has. All share the session's one vLLM engine (eager, 1 GiB
@@ -18,11 +18,9 @@ from pathlib import Path
 
 import pytest
 
-import handler
 from medgemma.errors import SettingsError
-from medgemma.images import create_dummy_image, encode_image
-from medgemma.request import TEXT_ONLY_PROBLEM, parse_job_input
-from medgemma.standin import TEXT_STANDIN_DIRNAME
+from medgemma.request import parse_job_input
+from medgemma.standin import STANDIN_DIRNAME
 from medgemma.worker import Worker
 from tests.conftest import REPO, TEST_ENV, VLLM_TEST_ENV, run
 
@@ -163,18 +161,10 @@ def test_a_stop_string_ends_the_vllm_request_early(vllm_worker):
     assert vllm_worker.engine.llm.get_num_unfinished_requests() == 0
 
 
-@pytest.mark.parametrize("field", ["image", "images"])
-def test_an_image_on_the_text_only_model_is_an_input_error(vllm_worker, field, monkeypatch):
-    monkeypatch.setattr(handler, "WORKER", vllm_worker)
-    image = encode_image(create_dummy_image(32))
-    result = run(handler.handler({"id": "img", "input": {"text": NOTE, field: image if field == "image" else [image]}}))
-    assert result == {"error": f"{field}: {TEXT_ONLY_PROBLEM}"}
-
-
 def test_the_engine_reports_what_vllm_planned_at_start_up(vllm_worker):
     info, config = vllm_worker.engine.info, vllm_worker.engine.llm.vllm_config
-    assert (info.engine, info.vision, info.run_mode) == ("vllm", False, "cpu/none/float32")
-    assert info.source.startswith("embedded-standin:") and info.source.endswith(TEXT_STANDIN_DIRNAME)
+    assert (info.engine, info.vision, info.run_mode) == ("vllm", True, "cpu/none/float32")
+    assert info.source.startswith("embedded-standin:") and info.source.endswith(STANDIN_DIRNAME)
     assert info.context_length == 32768
     # MAX_CONCURRENCY's default: how many full-context requests vLLM's KV cache holds.
     assert info.max_concurrency == min(
@@ -193,13 +183,13 @@ def handler_run(extra_env: dict[str, str], tmp_path: Path, *args: str) -> subpro
 
 @pytest.mark.slow
 def test_the_handler_answers_test_input_json_on_vllm(tmp_path):
-    """``ENGINE=vllm python handler.py`` runs test_input.json on the text-only stand-in."""
-    result = handler_run({}, tmp_path)
+    """``ENGINE=vllm python handler.py`` runs test_input.json on the stand-in, with the dummy image (the image's default)."""
+    result = handler_run({"DUMMY_IMAGE": "true"}, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     logged = result.stdout + result.stderr
     output = ast.literal_eval(logged.split("Job result: ", 1)[1].splitlines()[0])["output"]  # the SDK logs a repr
-    assert output["run_mode"] == "cpu/none/float32" and output["model"].endswith(TEXT_STANDIN_DIRNAME)
-    assert output["output"] and output["used_dummy_image"] is False
+    assert output["run_mode"] == "cpu/none/float32" and output["model"].endswith(STANDIN_DIRNAME)
+    assert output["output"] and output["used_dummy_image"] is True
     assert "engine=vllm" in logged
 
 
@@ -218,5 +208,5 @@ def test_a_vllm_start_up_failure_is_one_line_with_the_fix(vllm_worker, change, r
 
     settings = replace(vllm_worker.settings, **change)
     with pytest.raises(SettingsError) as failure:
-        vllm_engine.start(settings, resolve_source(settings, text_only=True))
+        vllm_engine.start(settings, resolve_source(settings))
     assert reason in str(failure.value) and "\n" not in str(failure.value), failure.value

@@ -41,7 +41,7 @@ def load_engine(settings: Settings) -> Engine:
             "ADAPTER_MERGE=true is for ENGINE=transformers: vLLM serves adapters side by side with its own LoRA "
             "kernels; unset ADAPTER_MERGE"
         )
-    source = resolve_source(settings, text_only=name == "vllm")
+    source = resolve_source(settings)
     adapters = resolve_adapters(settings, source, model_modules(source)) if settings.adapters else ()
     if name == "vllm":
         from medgemma.engines import vllm

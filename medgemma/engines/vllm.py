@@ -102,8 +102,8 @@ def start(settings: Settings, source: ModelSource) -> VllmEngine:
         )
     if vision and importlib.util.find_spec("torchvision") is None:
         raise SettingsError(
-            f"vLLM serves {source.label}'s vision tower only with torchvision, which is not installed (PyPI has it "
-            "only for CUDA torch): use the CUDA image, ENGINE=transformers, or a text-only checkpoint"
+            f"vLLM serves {source.label}'s vision tower only with torchvision, which is not installed: use the CUDA "
+            "image, ENGINE=transformers, or on CPU builder/setup_local.sh (it makes PyPI's torchvision import)"
         )
     saved_quantization = _saved_quantization(config)
     quantization = saved_quantization or _quantization(settings, device)
