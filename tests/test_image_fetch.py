@@ -542,12 +542,12 @@ def test_fetch_returns_the_raw_bytes(tls_server, url_settings):
 
 @pytest.mark.model
 def test_the_handler_answers_an_image_url_and_keeps_serving_after_a_refused_one(
-    transformers_worker, tls_server, ca_bundle, monkeypatch
+    vision_worker, tls_server, ca_bundle, monkeypatch
 ):
     import handler
     from medgemma.worker import Worker
 
-    worker = transformers_worker  # images need a vision model: the vLLM engine's CPU stand-in is text-only
+    worker = vision_worker
     fetching = replace(
         worker.settings,
         image_url_ca_bundle=ca_bundle,
