@@ -18,6 +18,7 @@ from typing import Any
 
 from test_builder import instructions
 
+from medgemma import openai_api
 from medgemma.errors import SettingsError
 from medgemma.request import parse_job_input
 from medgemma.settings import DEVICES, DTYPES, ENGINES, QUANTIZATIONS, Settings
@@ -226,5 +227,13 @@ def test_hub_tests_run_the_standin_without_a_token() -> None:
     assert not [key for key in env if re.search(r"TOKEN\b|SECRET|API_?KEY", key)], "Hub tests run without a token"
     settings = Settings.from_env({**image_env(), **env})
     assert settings.uses_standin, "MODEL_ID must be standin in the Hub tests: the stand-in needs no token"
+    assert settings.engine == "vllm" and settings.dummy_image, "the Hub tests serve the image's default path"
+    routes = []
     for test in TESTS["tests"]:
-        parse_job_input(test["input"], settings, job_id=test["name"])
+        if openai_api.is_openai_job({"input": test["input"]}):
+            routes.append(test["input"]["openai_route"])
+            assert test["input"]["openai_input"]["model"] in openai_api.model_aliases(settings)
+        else:
+            request = parse_job_input(test["input"], settings, job_id=test["name"])
+            routes.append("text" if request.used_dummy_image else "image")
+    assert sorted(routes) == ["/v1/chat/completions", "image", "text"]
