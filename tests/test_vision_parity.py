@@ -107,14 +107,24 @@ def with_dummy(vllm_worker, transformers_worker):
 
 def test_each_vision_tower_gets_the_same_prompt_ids_and_pixels(with_dummy):
     """vLLM's rendered request (what its engine core's tower receives) against the transformers engine's batch."""
+    on_vllm, on_transformers = with_dummy
+    engine, backend = on_vllm.engine, on_transformers.engine.backend
+    # Rendering here fills the front end's image cache without the engine core seeing the images: clear
+    # both caches before (so each image is sent whole the first time) and after (so later jobs stay served).
+    engine.call(engine.llm.reset_mm_cache()).result()
+    try:
+        _compare_rendered_requests(engine, backend, on_transformers.settings)
+    finally:
+        engine.call(engine.llm.reset_mm_cache()).result()
+
+
+def _compare_rendered_requests(engine, backend, settings) -> None:
     import torch
     from vllm.renderers.inputs.preprocess import parse_model_prompt
 
-    on_vllm, on_transformers = with_dummy
-    engine, backend = on_vllm.engine, on_transformers.engine.backend
     sent: dict[str, torch.Tensor] = {}  # the pixels vLLM's front end sent, by the image's hash
     for job in image_jobs():
-        request = parse_job_input(job["input"], on_transformers.settings)
+        request = parse_job_input(job["input"], settings)
         assert request.images or request.used_dummy_image, job["id"]
         prepared = run(engine.prepare(request))
 
