@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -137,12 +138,24 @@ def uses_generator(settings: Settings, argv: list[str], env: Mapping[str, str]) 
     return settings.streaming and serving(argv, env)
 
 
+def exit_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM ends the worker as an exit does: vLLM's processes are stopped (at interpreter exit).
+
+    A container's PID 1 has no default action for SIGTERM: without a handler the worker would
+    ignore it until the runtime's SIGKILL. While serving, the SDK's job loop and the local API's
+    server install their own, finish, and exit (the server re-raises SIGTERM here).
+    """
+    log.info("SIGTERM received: stopping the worker")
+    sys.exit(0)
+
+
 def main() -> None:
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO"),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     worker = start_or_record_failure()
     if worker is None and not serving(sys.argv, os.environ):
         sys.exit(2)  # a local test run: the reason is the last line logged

@@ -45,6 +45,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "bench: a benchmark's reduced run (minutes, GBs of RAM); skipped without --bench"
     )
+    config.addinivalue_line(
+        "markers", "own_vllm: starts its own vLLM; runs last, once the session's vLLM engine is closed (memory)"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -56,6 +59,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
         if item.get_closest_marker("bench") is not None and not config.getoption("--bench"):
             item.add_marker(pytest.mark.skip(reason="a benchmark's reduced run: pytest --bench"))
+    # Two vLLM engines at once (~7 GB each on the stand-in) don't fit beside the rest on a 24 GB machine.
+    items.sort(key=lambda item: item.get_closest_marker("own_vllm") is not None)
 
 
 def _cuda_available() -> bool:
@@ -77,6 +82,9 @@ def settings():
 
     return Settings.from_env({**os.environ, **TEST_ENV})
 
+
+#: The session's vLLM engines, for ``session_vllm_closed``.
+SESSION_VLLM_ENGINES: list = []
 
 #: The engines every job test runs on (one model load per engine per session).
 ENGINES = ["transformers", "vllm"]
@@ -101,8 +109,17 @@ def vllm_worker():
     from medgemma.worker import Worker
 
     loaded = Worker.start(Settings.from_env({**os.environ, **TEST_ENV, **VLLM_TEST_ENV}))
+    SESSION_VLLM_ENGINES.append(loaded.engine)
     yield loaded
     loaded.engine.close()
+
+
+@pytest.fixture
+def session_vllm_closed(request) -> None:
+    """For an ``own_vllm`` test: the session's vLLM engine, if one was started, is closed first (not restarted)."""
+    assert request.node.get_closest_marker("own_vllm"), "only own_vllm tests run after the session's vLLM is closed"
+    for engine in SESSION_VLLM_ENGINES:
+        engine.close()
 
 
 @pytest.fixture(params=ENGINES)
@@ -164,6 +181,7 @@ def start_local_worker(log_dir: Path, extra_env: dict[str, str] | None = None) -
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its session id names every process it starts (tests/test_vllm_lifetime.py)
         )
     server = LocalWorker(process, f"http://127.0.0.1:{port}", log_path)
     url = server.url

@@ -6,7 +6,9 @@ checkpoint's config.json): 896 px images, 14 px patches, 256 tokens per image.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -14,6 +16,7 @@ from PIL import Image
 from bench.gpu import MM_TOKENS, VISION_SHAPES
 from medgemma import standin
 from medgemma.request import parse_job_input
+from medgemma.sources import resolve_source
 
 pytestmark = pytest.mark.model
 
@@ -57,3 +60,34 @@ def test_the_dummy_image_costs_its_256_tokens(transformers_worker):
     assert with_dummy.request.used_dummy_image
     assert int(with_dummy.features["token_type_ids"].sum()) == 256
     assert tuple(with_dummy.features["pixel_values"].shape) == (1, 3, 896, 896)
+
+
+#: The real checkpoint's tensor names, layer numbers folded (the file says where they come from).
+REAL_KEYS = Path(__file__).with_name("medgemma_keys.txt")
+
+
+def folded(name: str) -> str:
+    """``...layers.12.mlp...`` -> ``...layers.N.mlp...``: the stand-in is shallower than MedGemma."""
+    return re.sub(r"\.\d+\.", ".N.", name)
+
+
+def test_the_checkpoint_has_the_real_checkpoints_key_layout(settings):
+    """vLLM maps only the Hub's layout: a stand-in key the real checkpoint lacks would fail to load there."""
+    from safetensors import safe_open
+
+    real = {line for line in REAL_KEYS.read_text().splitlines() if line and not line.startswith("#")}
+    with safe_open(Path(resolve_source(settings).location) / standin.WEIGHTS_FILE, "pt") as weights:
+        ours = {folded(name) for name in weights.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+    assert sorted(ours - real) == [], "stand-in keys the real checkpoint doesn't have"
+    assert sorted(real - ours) == [], "real keys the stand-in doesn't have"
+
+
+def test_a_transformers_5_key_is_renamed_to_the_hubs_layout():
+    assert standin.hub_key("vision_tower.encoder.layers.0.mlp.fc1.weight") == (
+        "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"
+    )
+    assert (
+        standin.hub_key("vision_tower.vision_model.post_layernorm.bias")
+        == "vision_tower.vision_model.post_layernorm.bias"
+    )
+    assert standin.hub_key("language_model.model.norm.weight") == "language_model.model.norm.weight"

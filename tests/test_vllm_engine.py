@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -23,6 +22,7 @@ from medgemma.request import parse_job_input
 from medgemma.standin import STANDIN_DIRNAME
 from medgemma.worker import Worker
 from tests.conftest import REPO, TEST_ENV, VLLM_TEST_ENV, run
+from tests.test_vllm_lifetime import left_after
 
 pytestmark = pytest.mark.model
 
@@ -173,19 +173,28 @@ def test_the_engine_reports_what_vllm_planned_at_start_up(vllm_worker):
     assert vllm_worker.max_concurrency == info.max_concurrency >= 1
 
 
-def handler_run(extra_env: dict[str, str], tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def handler_run(extra_env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess, int]:
+    """``handler.py`` run to its end, in a session of its own; its result and its pid (the session's id)."""
     env = {**os.environ, **TEST_ENV, **VLLM_TEST_ENV, "HF_ENDPOINT": "http://127.0.0.1:9", **extra_env}
     env.pop("HF_HUB_OFFLINE", None)
-    return subprocess.run(
-        [sys.executable, "handler.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
-    )
+    command = [sys.executable, "handler.py", *args]
+    pipe = subprocess.PIPE
+    with subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=pipe, stderr=pipe, text=True, start_new_session=True
+    ) as run:
+        stdout, stderr = run.communicate(timeout=400)
+    return subprocess.CompletedProcess(command, run.returncode, stdout, stderr), run.pid
 
 
 @pytest.mark.slow
-def test_the_handler_answers_test_input_json_on_vllm(tmp_path):
+@pytest.mark.own_vllm
+def test_the_handler_answers_test_input_json_on_vllm(session_vllm_closed):
     """``ENGINE=vllm python handler.py`` runs test_input.json on the stand-in, with the dummy image (the image's default)."""
-    result = handler_run({"DUMMY_IMAGE": "true"}, tmp_path)
+    result, session = handler_run({"DUMMY_IMAGE": "true"})
     assert result.returncode == 0, result.stderr[-3000:]
+    # vLLM is closed before the interpreter exits: no traceback, and none of its processes left behind.
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert left_after(session) == []
     logged = result.stdout + result.stderr
     output = ast.literal_eval(logged.split("Job result: ", 1)[1].splitlines()[0])["output"]  # the SDK logs a repr
     assert output["run_mode"] == "cpu/none/float32" and output["model"].endswith(STANDIN_DIRNAME)
@@ -201,12 +210,14 @@ def test_the_handler_answers_test_input_json_on_vllm(tmp_path):
         ({"cpu_kv_cache_gib": 100_000}, "VLLM_CPU_KVCACHE_SPACE=100000 GiB is more memory than this machine has free"),
     ],
 )
-def test_a_vllm_start_up_failure_is_one_line_with_the_fix(vllm_worker, change, reason):
+@pytest.mark.own_vllm
+def test_a_vllm_start_up_failure_is_one_line_with_the_fix(session_vllm_closed, change, reason):
     """The second one fails in vLLM's engine-core process, whose cause this process is never told."""
     from medgemma.engines import vllm as vllm_engine
+    from medgemma.settings import Settings
     from medgemma.sources import resolve_source
 
-    settings = replace(vllm_worker.settings, **change)
+    settings = replace(Settings.from_env({**os.environ, **TEST_ENV, **VLLM_TEST_ENV}), **change)
     with pytest.raises(SettingsError) as failure:
         vllm_engine.start(settings, resolve_source(settings))
     assert reason in str(failure.value) and "\n" not in str(failure.value), failure.value

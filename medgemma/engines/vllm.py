@@ -21,6 +21,7 @@ Settings: ``MAX_MODEL_LEN`` (default: the model's context), ``GPU_MEMORY_UTILIZA
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import copy
 import importlib.util
@@ -325,6 +326,7 @@ class VllmEngine:
         self.engine_kwargs = engine_kwargs
         self._loop = loop
         self._capture = capture  # vLLM's processes keep writing their errors there until close()
+        atexit.register(self.close)
         self._ids = itertools.count()
         self._generating = 0  # requests between their first token and their end (touched on the engine loop only)
         self._loras: dict[str, LoRARequest] = {}  # adapter name -> its vLLM LoRA request
@@ -391,6 +393,10 @@ class VllmEngine:
         return self._loop.submit(coroutine)
 
     def close(self) -> None:
+        """Stop vLLM's processes; also run at interpreter exit, so a process that never called it exits cleanly."""
+        atexit.unregister(self.close)
+        if self.llm is None:
+            return
         llm, self.llm = self.llm, None  # collected now, not at interpreter exit (where its __del__ fails)
         self._loop.run(_shutdown(llm))
         self._loop.stop()
