@@ -146,7 +146,7 @@ def _compare_rendered_requests(engine, backend, settings) -> None:
         assert pixels.dtype == theirs["pixel_values"].dtype and torch.equal(pixels, theirs["pixel_values"]), job["id"]
 
 
-@pytest.mark.bench  # open: after vLLM's prefix and image caches are warm, 3 of 7 parted above FLOAT_NOISE once
+@pytest.mark.bench  # ~70 s of greedy runs on both engines; its table is in bench/RESULTS.md
 def test_greedy_image_answers_agree_with_transformers_or_part_at_a_tie(with_dummy, capsys):
     from vllm.platforms import current_platform
 
