@@ -101,14 +101,21 @@ def transformers_worker(settings):
 
 
 @pytest.fixture(scope="session")
-def vllm_worker():
+def vllm_settings():
+    """The settings the session's vLLM engine starts with (eager, 1 GiB KV cache)."""
+    from medgemma.settings import Settings
+
+    return Settings.from_env({**os.environ, **TEST_ENV, **VLLM_TEST_ENV})
+
+
+@pytest.fixture(scope="session")
+def vllm_worker(vllm_settings):
     """The real Worker on the stand-in, vLLM engine, vision tower included (its processes start once per session)."""
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vllm is not installed")
-    from medgemma.settings import Settings
     from medgemma.worker import Worker
 
-    loaded = Worker.start(Settings.from_env({**os.environ, **TEST_ENV, **VLLM_TEST_ENV}))
+    loaded = Worker.start(vllm_settings)
     SESSION_VLLM_ENGINES.append(loaded.engine)
     yield loaded
     loaded.engine.close()

@@ -181,9 +181,9 @@ def handler_run(extra_env: dict[str, str], *args: str) -> tuple[subprocess.Compl
     pipe = subprocess.PIPE
     with subprocess.Popen(
         command, cwd=REPO, env=env, stdout=pipe, stderr=pipe, text=True, start_new_session=True
-    ) as run:
-        stdout, stderr = run.communicate(timeout=400)
-    return subprocess.CompletedProcess(command, run.returncode, stdout, stderr), run.pid
+    ) as process:
+        stdout, stderr = process.communicate(timeout=400)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr), process.pid
 
 
 @pytest.mark.slow
@@ -211,13 +211,12 @@ def test_the_handler_answers_test_input_json_on_vllm(session_vllm_closed):
     ],
 )
 @pytest.mark.own_vllm
-def test_a_vllm_start_up_failure_is_one_line_with_the_fix(session_vllm_closed, change, reason):
+def test_a_vllm_start_up_failure_is_one_line_with_the_fix(session_vllm_closed, vllm_settings, change, reason):
     """The second one fails in vLLM's engine-core process, whose cause this process is never told."""
     from medgemma.engines import vllm as vllm_engine
-    from medgemma.settings import Settings
     from medgemma.sources import resolve_source
 
-    settings = replace(Settings.from_env({**os.environ, **TEST_ENV, **VLLM_TEST_ENV}), **change)
+    settings = replace(vllm_settings, **change)
     with pytest.raises(SettingsError) as failure:
         vllm_engine.start(settings, resolve_source(settings))
     assert reason in str(failure.value) and "\n" not in str(failure.value), failure.value
