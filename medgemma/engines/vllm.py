@@ -57,6 +57,7 @@ from medgemma.adapters import Adapter
 from medgemma.decoding import DeltaCallback, RowDecoder, think_token_ids
 from medgemma.engines.base import Completion, EngineResult, ModelInfo, Prepared, check_context, stream_deltas
 from medgemma.engines.grammar import check_grammar
+from medgemma.engines.vllm_parent import ParentWatchingExecutor
 from medgemma.errors import (
     GenerationFailed,
     HostError,
@@ -163,6 +164,8 @@ def engine_kwargs(
         # On CPU, vLLM would otherwise reserve GPU_MEMORY_UTILIZATION of the machine's RAM.
         kv_cache_memory_bytes=settings.cpu_kv_cache_gib * GIB if device == "cpu" else None,
         enforce_eager=settings.enforce_eager,
+        # Its engine core ends when the worker does, even when the worker is killed.
+        distributed_executor_backend=ParentWatchingExecutor,
         max_num_seqs=settings.max_num_seqs,
         # vLLM sizes its image encoder's cache for the most images a job may carry.
         limit_mm_per_prompt={"image": settings.max_images} if vision else None,
