@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,17 @@ class Report:
         temporary = self.path.with_name(self.path.name + ".tmp")
         temporary.write_text(text)
         temporary.replace(self.path)
+
+    def run(self, body: Callable[[], object]) -> None:
+        """Run a benchmark's ``body``, then write this report: a broken run still leaves what it measured."""
+        try:
+            body()
+        except Exception as error:
+            self.failed("the run", error)
+            raise
+        finally:
+            self.write()
+            print(json.dumps({"written": str(self.path)}))
 
 
 #: One named report's block in a results file (see ``Report.block``).

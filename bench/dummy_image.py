@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import time
@@ -31,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO_ROOT, Report, command_line, sample
+from bench.engines import ENGINE_ENV
 
 RESULTS_PATH = REPO_ROOT / "bench" / "RESULTS.md"
-VLLM_ENV = {"ENGINE": "vllm", "ENFORCE_EAGER": "true", "VLLM_CPU_KVCACHE_SPACE": "1", "DUMMY_IMAGE": "true"}
+VLLM_ENV = {**ENGINE_ENV["vllm eager"], "DUMMY_IMAGE": "true"}
 
 
 @dataclass(frozen=True)
@@ -138,14 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.out),
         block=f"bench.dummy_image.{args.block}",
     )
-    try:
-        run(args, report)
-    except Exception as error:  # a broken run still leaves what it measured
-        report.failed("the run", error)
-        raise
-    finally:
-        report.write()
-        print(json.dumps({"written": str(report.path)}))
+    report.run(lambda: run(args, report))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import time
@@ -266,14 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         "per repetition the mean over the documents, then the median over repetitions; ratios are of medians "
         "taken in this run"
     )
-    try:
-        asyncio.run(_run(args, report))
-    except Exception as error:  # a broken run still leaves what it measured
-        report.failed("the run", error)
-        raise
-    finally:
-        report.write()
-        print(json.dumps({"written": str(report.path)}))
+    report.run(lambda: asyncio.run(_run(args, report)))
 
 
 if __name__ == "__main__":
