@@ -212,7 +212,7 @@ def test_the_handler_answers_test_input_json_on_vllm(session_vllm_closed):
 )
 @pytest.mark.own_vllm
 def test_a_vllm_start_up_failure_is_one_line_with_the_fix(session_vllm_closed, vllm_settings, change, reason):
-    """The second one fails in vLLM's engine-core process, whose cause this process is never told."""
+    """The second one is refused before vLLM starts (vLLM's own check comes a minute later, in its engine core)."""
     from medgemma.engines import vllm as vllm_engine
     from medgemma.sources import resolve_source
 

@@ -19,8 +19,8 @@ from tests.conftest import VLLM_TEST_ENV, LocalWorker, start_local_worker
 
 pytestmark = [pytest.mark.model, pytest.mark.slow, pytest.mark.own_vllm]
 
-#: Long enough that the signal lands mid-job: 400 tokens take the stand-in several seconds on vLLM.
-LONG_JOB = {"input": {"text": "SYNTHETIC NOTE. Fever, cough, CRP 84. Summarise.", "max_new_tokens": 400}}
+#: Long enough that the signal lands mid-job: 160 tokens take the stand-in several seconds on vLLM.
+LONG_JOB = {"input": {"text": "SYNTHETIC NOTE. Fever, cough, CRP 84. Summarise.", "max_new_tokens": 160}}
 #: The worker under test, in its own session (it is started with ``start_new_session``).
 WORKER_ENV = {**VLLM_TEST_ENV, "DUMMY_IMAGE": "true"}
 

@@ -40,6 +40,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psutil
 import vllm
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 from vllm import SamplingParams, TokensPrompt
@@ -107,6 +108,8 @@ def start(settings: Settings, source: ModelSource) -> VllmEngine:
             f"vLLM serves {source.label}'s vision tower only with torchvision, which is not installed: use the CUDA "
             "image, ENGINE=transformers, or on CPU builder/setup_local.sh (it makes PyPI's torchvision import)"
         )
+    if device == "cpu":
+        _check_cpu_kv_cache(settings)
     saved_quantization = _saved_quantization(config)
     quantization = saved_quantization or _quantization(settings, device)
     dtype = settings.dtype or ("float32" if device == "cpu" else "bfloat16")
@@ -248,6 +251,23 @@ def _saved_quantization(config: Any) -> str | None:
     return str(quant.get("quant_method", "quantized"))
 
 
+def _check_cpu_kv_cache(settings: Settings) -> None:
+    """Refuse a CPU KV cache larger than the free memory before vLLM spends a minute starting to find out.
+
+    vLLM's CPU worker makes the same check once its engine core is up (``_startup_error`` maps it).
+    """
+    free = psutil.virtual_memory().available
+    if settings.cpu_kv_cache_gib * GIB > free:
+        raise _kv_space_error(settings, f"{free / GIB:.1f} GiB available")
+
+
+def _kv_space_error(settings: Settings, reason: str) -> SettingsError:
+    return SettingsError(
+        f"VLLM_CPU_KVCACHE_SPACE={settings.cpu_kv_cache_gib} GiB is more memory than this machine has free "
+        f"({reason}); lower VLLM_CPU_KVCACHE_SPACE"
+    )
+
+
 async def _start_llm(args: AsyncEngineArgs) -> AsyncLLM:
     # Created on the engine's loop: AsyncLLM binds its output handler to the running loop.
     return AsyncLLM.from_engine_args(args)
@@ -262,10 +282,7 @@ def _startup_error(error: Exception, cause: str | None, settings: Settings) -> M
     """One line for a failed vLLM start, naming the fix (``cause``: what its engine core logged)."""
     reason = cause or _first_line(error)
     if "requested memory for kv" in reason:
-        return SettingsError(
-            f"VLLM_CPU_KVCACHE_SPACE={settings.cpu_kv_cache_gib} GiB is more memory than this machine has free "
-            f"({reason}); lower VLLM_CPU_KVCACHE_SPACE"
-        )
+        return _kv_space_error(settings, reason)
     if "KV cache is needed" in reason:
         more = "VLLM_CPU_KVCACHE_SPACE" if "VLLM_CPU_KVCACHE_SPACE" in reason else "GPU_MEMORY_UTILIZATION"
         return SettingsError(
