@@ -164,8 +164,11 @@ def parse_job_input(
     override = _typed(data, "system_prompt", str, default=None)
     if override is not None and not override.strip():
         raise InputError("system_prompt", "must not be empty when given")
-    if override is not None and len(override) > settings.max_input_chars:
-        raise InputError("system_prompt", f"is over the limit of {settings.max_input_chars} characters")
+    if override is not None and len(override) + len(text) > settings.max_input_chars:
+        raise InputError(
+            "system_prompt",
+            f"and the text are {len(override) + len(text)} characters, over the limit of {settings.max_input_chars}",
+        )
     system_prompt: str | None = system_prompt_for(mode, override)
     structured = json_spec(_typed(data, "format", str, default=None), data.get("json_schema"), mode)
 

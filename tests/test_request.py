@@ -77,6 +77,10 @@ def test_jobs_with_equal_sampling_settings_share_a_batch_key():
         ({"text": "x", "top_p": 0.9}, "top_p: .* only applies when sampling"),
         ({"text": "x", "seed": -1}, "seed: must be between 0 and"),
         ({"text": "x", "system_prompt": ""}, "system_prompt: must not be empty"),
+        (
+            {"text": "x" * 600, "system_prompt": "y" * 401},
+            "system_prompt: and the text are 1001 characters, over the limit",
+        ),
         ({"text": "x", "stream": "yes"}, "stream: must be true or false"),
         ({"text": "x", "image": PNG, "images": [PNG]}, "image: give either image or images"),
         ({"text": "x", "images": PNG}, "images: must be a list"),

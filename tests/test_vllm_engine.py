@@ -16,7 +16,9 @@ import time
 from dataclasses import replace
 
 import pytest
+from transformers import AutoProcessor
 
+from medgemma.engines.capacity import jobs_held
 from medgemma.errors import SettingsError
 from medgemma.request import parse_job_input
 from medgemma.standin import STANDIN_DIRNAME
@@ -166,11 +168,18 @@ def test_the_engine_reports_what_vllm_planned_at_start_up(vllm_worker):
     assert (info.engine, info.vision, info.run_mode) == ("vllm", True, "cpu/none/float32")
     assert info.source.startswith("embedded-standin:") and info.source.endswith(STANDIN_DIRNAME)
     assert info.context_length == 32768
-    # MAX_CONCURRENCY's default: how many full-context requests vLLM's KV cache holds.
-    assert info.max_concurrency == min(
-        config.scheduler_config.max_num_seqs, int(config.cache_config.kv_cache_max_concurrency)
+    # MAX_CONCURRENCY's default: how many typical jobs vLLM's KV cache holds, from what its engine core reports.
+    engine = vllm_worker.engine
+    groups = engine.call(engine.llm.engine_core.call_utility_async("get_kv_cache_group_metadata")).result()
+    processor = AutoProcessor.from_pretrained(engine.llm.model_config.model)
+    image_tokens = len(engine.tokenizer(processor.full_image_sequence, add_special_tokens=False).input_ids)
+    typical = jobs_held(
+        config.cache_config.num_gpu_blocks, groups, vllm_worker.settings.typical_job_tokens(image_tokens)
     )
-    assert vllm_worker.max_concurrency == info.max_concurrency >= 1
+    assert info.max_concurrency == min(config.scheduler_config.max_num_seqs, typical)
+    # ... many more than the requests of the whole context it would hold.
+    assert info.max_concurrency > 4 * config.cache_config.kv_cache_max_concurrency
+    assert vllm_worker.max_concurrency == info.max_concurrency
 
 
 def handler_run(extra_env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess, int]:

@@ -12,10 +12,11 @@ each job is handed over to it. Its engine core runs in child processes; their st
 failures reach this process only as "see root cause above", so vLLM's error log is also
 written to a file for the start-up path to read the cause and name the fix.
 
-Settings: ``MAX_MODEL_LEN`` (default: the model's context), ``GPU_MEMORY_UTILIZATION``,
+Settings: ``MAX_MODEL_LEN`` (default: the longest job the settings accept, ``longest_job``), ``GPU_MEMORY_UTILIZATION``,
 ``ENFORCE_EAGER``, ``MAX_NUM_SEQS``, ``QUANTIZATION``, ``DTYPE``; on CPU the KV cache gets
-``VLLM_CPU_KVCACHE_SPACE`` GiB. ``MAX_CONCURRENCY`` defaults to the number of
-``MAX_MODEL_LEN``-token requests the KV cache holds, as vLLM reports it at start-up.
+``VLLM_CPU_KVCACHE_SPACE`` GiB. ``MAX_CONCURRENCY`` defaults to the number of typical jobs
+(``Settings.typical_job_tokens``) the KV cache holds at once (``medgemma.engines.capacity``),
+at most ``MAX_NUM_SEQS``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from medgemma import provenance
 from medgemma.adapters import Adapter
 from medgemma.decoding import DeltaCallback, RowDecoder, think_token_ids
 from medgemma.engines.base import Completion, EngineResult, ModelInfo, Prepared, check_context, stream_deltas
+from medgemma.engines.capacity import jobs_held, longest_job
 from medgemma.engines.grammar import check_grammar
 from medgemma.engines.vllm_parent import ParentWatchingExecutor
 from medgemma.errors import (
@@ -113,7 +115,11 @@ def start(settings: Settings, source: ModelSource) -> VllmEngine:
     saved_quantization = _saved_quantization(config)
     quantization = saved_quantization or _quantization(settings, device)
     dtype = settings.dtype or ("float32" if device == "cpu" else "bfloat16")
-    kwargs = engine_kwargs(settings, source, device, dtype, None if saved_quantization else quantization, vision)
+    image_tokens = len(tokenizer(processor.full_image_sequence, add_special_tokens=False).input_ids) if processor else 0
+    max_model_len = settings.max_model_len or longest_job(settings, config, tokenizer, processor, image_tokens)
+    kwargs = engine_kwargs(
+        settings, source, device, dtype, None if saved_quantization else quantization, vision, max_model_len
+    )
 
     # llguidance's own log (vLLM's default level 1) may quote a schema or generated text.
     os.environ.setdefault("LLGUIDANCE_LOG_LEVEL", "0")
@@ -129,7 +135,9 @@ def start(settings: Settings, source: ModelSource) -> VllmEngine:
 
     vllm_config = llm.vllm_config
     max_num_seqs = vllm_config.scheduler_config.max_num_seqs
-    kv_concurrency = vllm_config.cache_config.kv_cache_max_concurrency or 1
+    job_tokens = settings.typical_job_tokens(image_tokens)
+    groups = loop.run(llm.engine_core.call_utility_async("get_kv_cache_group_metadata"))
+    typical_jobs = jobs_held(vllm_config.cache_config.num_gpu_blocks or 0, groups, job_tokens)
     label = quantization if not saved_quantization else f"{saved_quantization} (pre-quantized)"
     info = ModelInfo(
         engine="vllm",
@@ -141,28 +149,37 @@ def start(settings: Settings, source: ModelSource) -> VllmEngine:
         load_seconds=round(time.perf_counter() - started, 2),
         context_length=int(llm.model_config.max_model_len),
         vision=vision,
-        max_concurrency=max(1, min(max_num_seqs, int(kv_concurrency))),
+        max_concurrency=max(1, min(max_num_seqs, typical_jobs)),
         revision=provenance.revision(source),
     )
     log.info(
-        "vLLM ready: kv_cache_tokens=%s kv_max_concurrency=%.2f max_num_seqs=%d max_model_len=%d",
-        vllm_config.cache_config.kv_cache_size_tokens,
-        kv_concurrency,
-        max_num_seqs,
+        "vLLM ready: kv_cache_blocks=%s kv_max_concurrency=%.2f (at max_model_len=%d) typical_job_tokens=%d "
+        "typical_jobs_held=%d max_num_seqs=%d",
+        vllm_config.cache_config.num_gpu_blocks,
+        vllm_config.cache_config.kv_cache_max_concurrency or 0,
         info.context_length,
+        job_tokens,
+        typical_jobs,
+        max_num_seqs,
     )
     return VllmEngine(llm, loop, capture, kwargs, tokenizer, processor, config, info)
 
 
 def engine_kwargs(
-    settings: Settings, source: ModelSource, device: str, dtype: str, quantization: str | None, vision: bool
+    settings: Settings,
+    source: ModelSource,
+    device: str,
+    dtype: str,
+    quantization: str | None,
+    vision: bool,
+    max_model_len: int | None = None,
 ) -> dict[str, Any]:
-    """vLLM's engine arguments for these settings."""
+    """vLLM's engine arguments for these settings (``max_model_len``: None for ``MAX_MODEL_LEN``'s)."""
     return dict(
         model=source.location,
         dtype=dtype,
         quantization=VLLM_QUANTIZATION[quantization] if quantization else None,
-        max_model_len=settings.max_model_len,
+        max_model_len=max_model_len or settings.max_model_len,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         # On CPU, vLLM would otherwise reserve GPU_MEMORY_UTILIZATION of the machine's RAM.
         kv_cache_memory_bytes=settings.cpu_kv_cache_gib * GIB if device == "cpu" else None,
