@@ -129,6 +129,24 @@ def serving(argv: list[str], env: Mapping[str, str]) -> bool:
     return ("--rp_serve_api" in argv or bool(env.get("RUNPOD_WEBHOOK_GET_JOB"))) and "--test_input" not in argv
 
 
+def on_runpod_queue(argv: list[str], env: Mapping[str, str]) -> bool:
+    """Taking jobs from RunPod's queue (the SDK's job loop), not serving the local API or a local test."""
+    return bool(env.get("RUNPOD_WEBHOOK_GET_JOB")) and "--rp_serve_api" not in argv and "--test_input" not in argv
+
+
+def forget_stale_jobs() -> None:
+    """Empty the SDK's record of jobs in progress, which it keeps in ``.runpod_jobs.pkl`` in the working directory.
+
+    The SDK (runpod/serverless/modules/worker_state.py) loads that file when it starts and counts every
+    job in it against ``concurrency_modifier``, for good: a job left there by a worker killed mid-job
+    would hold one of a restarted worker's slots forever (at MAX_CONCURRENCY=1, the worker never takes
+    a job). At start-up no job is in progress, so the record is emptied with the SDK's own ``clear``.
+    """
+    from runpod.serverless.modules.worker_state import JobsProgress
+
+    JobsProgress().clear()
+
+
 def uses_generator(settings: Settings, argv: list[str], env: Mapping[str, str]) -> bool:
     """Whether to start with ``stream_handler``.
 
@@ -162,6 +180,8 @@ def main() -> None:
     os.environ.setdefault("RUNPOD_LOG_LEVEL", SDK_LOG_LEVEL)
     import runpod  # after warmup: a bad setting is reported before the SDK starts anything
 
+    if on_runpod_queue(sys.argv, os.environ):
+        forget_stale_jobs()
     generator = worker is not None and uses_generator(worker.settings, sys.argv, os.environ)
     RUNPOD_CONFIG.update(
         handler=stream_handler if generator else handler,
