@@ -6,6 +6,8 @@ import copy
 import pytest
 from PIL import Image
 
+from bench.gpu import build_config
+from bench.kv_table import MAX_MODEL_LEN_DEFAULT
 from medgemma.engines.capacity import blocks_per_job, jobs_held, longest_job, longest_job_tokens
 from medgemma.errors import SettingsError
 from medgemma.images import encode_image
@@ -63,6 +65,8 @@ def test_max_model_len_defaults_to_the_longest_job_the_settings_accept(transform
     image_tokens = len(tokenizer(processor.full_image_sequence, add_special_tokens=False).input_ids)
     context = config.get_text_config().max_position_embeddings
     assert longest_job(Settings.from_env({}), config, tokenizer, processor, image_tokens) == context  # 4 x 216k chars
+    medgemma = build_config(tiny=False)  # MedGemma's context, as bench.kv_table's GPU table assumes it
+    assert longest_job(Settings.from_env({}), medgemma, tokenizer, processor, image_tokens) == MAX_MODEL_LEN_DEFAULT
 
     limits = {"MAX_INPUT_CHARS": "100", "MAX_IMAGES": "2", "MAX_NEW_TOKENS_CAP": "64", "MAX_NEW_TOKENS": "12"}
     settings = Settings.from_env(limits)
