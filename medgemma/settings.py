@@ -118,6 +118,7 @@ class Settings:
     gpu_memory_utilization: float
     enforce_eager: bool
     max_num_seqs: int | None  # None: vLLM's default
+    num_gpu_blocks_override: int | None  # None: as many KV blocks as memory allows
     cpu_kv_cache_gib: int  # vLLM on CPU only: VLLM_CPU_KVCACHE_SPACE
     image_url_allow_http: bool
     image_url_ca_bundle: Path | None  # extra CA certificates (PEM) trusted for image fetches
@@ -200,6 +201,7 @@ class Settings:
             ),
             enforce_eager=reader.boolean("ENFORCE_EAGER", default=False),
             max_num_seqs=reader.optional_integer("MAX_NUM_SEQS", minimum=1),
+            num_gpu_blocks_override=reader.optional_integer("NUM_GPU_BLOCKS_OVERRIDE", minimum=1),
             cpu_kv_cache_gib=reader.integer("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KV_CACHE_GIB, minimum=1),
             image_url_allow_http=reader.boolean("IMAGE_URL_ALLOW_HTTP", default=False),
             image_url_ca_bundle=ca_bundle("IMAGE_URL_CA_BUNDLE", env.get("IMAGE_URL_CA_BUNDLE", "").strip()),

@@ -121,12 +121,17 @@ def vllm_worker(vllm_settings):
     loaded.engine.close()
 
 
-@pytest.fixture
-def session_vllm_closed(request) -> None:
-    """For an ``own_vllm`` test: the session's vLLM engine, if one was started, is closed first (not restarted)."""
-    assert request.node.get_closest_marker("own_vllm"), "only own_vllm tests run after the session's vLLM is closed"
+def close_session_vllm() -> None:
+    """Close the session's vLLM engine, if one was started (not restarted): own_vllm tests need its memory."""
     for engine in SESSION_VLLM_ENGINES:
         engine.close()
+
+
+@pytest.fixture
+def session_vllm_closed(request) -> None:
+    """For an ``own_vllm`` test: the session's vLLM engine is closed first."""
+    assert request.node.get_closest_marker("own_vllm"), "only own_vllm tests run after the session's vLLM is closed"
+    close_session_vllm()
 
 
 @pytest.fixture(params=ENGINES)

@@ -1,7 +1,8 @@
-"""vLLM's processes end with the worker that started them, however it ends.
+"""vLLM's processes end with the worker that started them, however it ends; a full KV cache queues jobs, never fails them.
 
-Each test starts its own worker (``handler.py``) as the leader of a new session, which vLLM's
-engine core and its model runner join: afterwards no process of that session may be left.
+Each worker (``handler.py``) is the leader of a new session, which vLLM's engine core and its
+model runner join: afterwards no process of that session may be left. The SIGTERM test ends the
+worker that the full-cache test used (one vLLM start for both).
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import VLLM_TEST_ENV, LocalWorker, start_local_worker
+from tests.conftest import REPO, VLLM_TEST_ENV, LocalWorker, close_session_vllm, start_local_worker
 
 pytestmark = [pytest.mark.model, pytest.mark.slow, pytest.mark.own_vllm]
 
@@ -23,6 +26,10 @@ pytestmark = [pytest.mark.model, pytest.mark.slow, pytest.mark.own_vllm]
 LONG_JOB = {"input": {"text": "SYNTHETIC NOTE. Fever, cough, CRP 84. Summarise.", "max_new_tokens": 160}}
 #: The worker under test, in its own session (it is started with ``start_new_session``).
 WORKER_ENV = {**VLLM_TEST_ENV, "DUMMY_IMAGE": "true"}
+#: A KV cache of 96 blocks of 128 tokens: one raw/ note's job (about 650 tokens with the dummy
+#: image) holds 41 of them across the stand-in's 6 layer groups, so 2 or 3 jobs fit at once.
+SMALL_CACHE_ENV = {**WORKER_ENV, "NUM_GPU_BLOCKS_OVERRIDE": "96", "MAX_MODEL_LEN": "1024"}
+NOTE_CHARS = 1_000
 
 
 def in_session(session: int) -> list[int]:
@@ -64,17 +71,49 @@ def job_in_flight(server: LocalWorker) -> tuple[threading.Thread, dict]:
         except requests.ConnectionError as error:
             answer["error"] = error
 
+    done_before = server.log().count(" done: ")  # the worker may have served jobs before this one
     thread = threading.Thread(target=submit)
     thread.start()
     time.sleep(2.0)
-    assert " done: " not in server.log(), "the job ended before the signal: it would not land mid-job"
+    assert server.log().count(" done: ") == done_before, "the job ended before the signal: it would not land mid-job"
     return thread, answer
 
 
+@pytest.fixture(scope="module")
+def small_cache_worker(tmp_path_factory) -> Iterator[LocalWorker]:
+    """A vLLM worker whose KV cache holds 2 or 3 jobs; the SIGTERM test ends it."""
+    close_session_vllm()
+    server = start_local_worker(tmp_path_factory.mktemp("small-cache"), SMALL_CACHE_ENV)
+    yield server
+    server.process.kill()
+    left_after(server.process.pid)
+
+
+def summarize(server: LocalWorker, note: str) -> dict:
+    job = {"input": {"text": note, "max_new_tokens": 16, "temperature": 0}}
+    response = requests.post(f"{server.url}/runsync", json=job, timeout=300)
+    assert response.status_code == 200 and response.json()["status"] == "COMPLETED", response.text[:500]
+    return response.json()["output"]
+
+
+def test_more_jobs_than_the_kv_cache_holds_are_queued_and_all_answered(small_cache_worker):
+    """Too high a MAX_CONCURRENCY costs latency, never an answer: vLLM queues what its cache can't hold."""
+    notes = [path.read_text()[:NOTE_CHARS] for path in sorted((REPO / "raw").glob("*.md"))][:8]
+    alone = [summarize(small_cache_worker, note) for note in notes]
+    with ThreadPoolExecutor(len(notes)) as pool:
+        together = list(pool.map(lambda note: summarize(small_cache_worker, note), notes))
+    assert [answer["output"] for answer in together] == [answer["output"] for answer in alone]
+    assert [answer["usage"] for answer in together] == [answer["usage"] for answer in alone]
+    assert all(answer["usage"]["prompt_tokens"] > 500 for answer in together)  # 41 blocks each, as above
+    # The cache, not the caller, bounded the batch: some jobs waited in vLLM's queue.
+    assert max(answer["batch_size"] for answer in together) < len(notes)
+    assert max(answer["timings"]["queue_s"] for answer in together) > 0.5
+
+
 def test_sigterm_mid_job_under_the_local_api_finishes_the_job_and_ends_every_vllm_process(
-    tmp_path, session_vllm_closed
+    small_cache_worker, session_vllm_closed
 ):
-    server = start_local_worker(tmp_path, WORKER_ENV)
+    server = small_cache_worker
     try:
         assert len(in_session(server.process.pid)) >= 3  # the worker, vLLM's engine core and its model runner
         thread, answer = job_in_flight(server)

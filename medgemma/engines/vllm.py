@@ -13,7 +13,7 @@ failures reach this process only as "see root cause above", so vLLM's error log 
 written to a file for the start-up path to read the cause and name the fix.
 
 Settings: ``MAX_MODEL_LEN`` (default: the longest job the settings accept, ``longest_job``), ``GPU_MEMORY_UTILIZATION``,
-``ENFORCE_EAGER``, ``MAX_NUM_SEQS``, ``QUANTIZATION``, ``DTYPE``; on CPU the KV cache gets
+``ENFORCE_EAGER``, ``MAX_NUM_SEQS``, ``NUM_GPU_BLOCKS_OVERRIDE``, ``QUANTIZATION``, ``DTYPE``; on CPU the KV cache gets
 ``VLLM_CPU_KVCACHE_SPACE`` GiB. ``MAX_CONCURRENCY`` defaults to the number of typical jobs
 (``Settings.typical_job_tokens``) the KV cache holds at once (``medgemma.engines.capacity``),
 at most ``MAX_NUM_SEQS``.
@@ -187,6 +187,7 @@ def engine_kwargs(
         # Its engine core ends when the worker does, even when the worker is killed.
         distributed_executor_backend=ParentWatchingExecutor,
         max_num_seqs=settings.max_num_seqs,
+        num_gpu_blocks_override=settings.num_gpu_blocks_override,
         # vLLM sizes its image encoder's cache for the most images a job may carry.
         limit_mm_per_prompt={"image": settings.max_images} if vision else None,
         # Per-request stats give each job its queue time; vLLM logs only aggregate throughput.
