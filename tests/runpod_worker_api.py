@@ -40,15 +40,22 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.conftest import REPO, SERVER_START_TIMEOUT_S
 
 #: The GPU type RunPod names in each URL's query string (``?gpu=...``); the SDK passes it through untouched.
 GPU = "DOUBLE"
@@ -289,3 +296,68 @@ def _send_empty(handler: _Handler, code: int) -> None:
     handler.send_response(code)
     handler.send_header("Content-Length", "0")
     handler.end_headers()
+
+
+# -- a worker taking its jobs from the double ---------------------------------------------------
+
+#: Every loop worker's environment: the stand-in offline, nothing off loopback.
+LOOP_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_ENDPOINT": "http://127.0.0.1:9",  # a closed port, should anything try the hub anyway
+    "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
+    "RUNPOD_SKIP_GPU_CHECK": "true",
+}
+
+
+@dataclass
+class LoopWorker:
+    process: subprocess.Popen
+    worker_id: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_loop_worker(api: WorkerApiDouble, directory: Path, extra_env: dict[str, str]) -> LoopWorker:
+    """``python handler.py`` with RunPod's worker env pointing at ``api``; returns once it asks for a job.
+
+    RUNPOD_* variables from the outer environment are dropped: one such as RUNPOD_REALTIME_PORT
+    would start another server instead of the job loop.
+    """
+    worker_id = f"worker-{uuid.uuid4().hex[:8]}"
+    outer = {name: value for name, value in os.environ.items() if not name.startswith("RUNPOD_")}
+    env = {**outer, **LOOP_ENV, **api.env(worker_id), **extra_env}
+    log_path = directory / f"{worker_id}.log"
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "handler.py")],
+            cwd=directory,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the heartbeat runs in a child process: the group is stopped together
+        )
+    worker = LoopWorker(process, worker_id, log_path)
+    for _ in range(SERVER_START_TIMEOUT_S):
+        if process.poll() is not None:
+            raise RuntimeError(f"the worker exited early:\n{worker.log()[-4000:]}")
+        if api.wait_for(lambda double: any(take.worker == worker_id for take in double.takes), 1.0):
+            return worker
+    stop_loop_worker(worker)
+    raise RuntimeError("the worker asked for no job in time")
+
+
+def stop_loop_worker(worker: LoopWorker) -> str:
+    """SIGTERM (the SDK's loop finishes and exits), then nothing of its process group is left; returns its log."""
+    worker.process.terminate()
+    try:
+        worker.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.process.kill()
+        worker.process.wait()
+    try:
+        os.killpg(worker.process.pid, signal.SIGKILL)  # a heartbeat process its parent did not take down
+    except ProcessLookupError:
+        pass
+    return worker.log()

@@ -16,86 +16,20 @@ handler.py empties that record when it starts on RunPod's queue (the streaming w
 
 from __future__ import annotations
 
-import os
 import pickle
-import signal
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 from runpod.version import __version__ as SDK_VERSION
 
-from tests.conftest import REPO, SERVER_START_TIMEOUT_S, TEST_ENV
-from tests.runpod_worker_api import WorkerApiDouble, WorkerJob
+from tests.conftest import TEST_ENV
+from tests.runpod_worker_api import LoopWorker, WorkerApiDouble, WorkerJob, start_loop_worker, stop_loop_worker
 
 NOTE = "SYNTHETIC NOTE. 61-year-old with community-acquired pneumonia; amoxicillin 1 g three times daily."
 JOB_TIMEOUT_S = 300
-LOOP_ENV = {
-    "ENGINE": "transformers",
-    "HF_HUB_OFFLINE": "1",
-    "HF_ENDPOINT": "http://127.0.0.1:9",  # a closed port, should anything try the hub anyway
-    "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
-    "RUNPOD_SKIP_GPU_CHECK": "true",
-}
-
-
-@dataclass
-class LoopWorker:
-    process: subprocess.Popen
-    worker_id: str
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def start_loop_worker(api: WorkerApiDouble, directory: Path, extra_env: dict[str, str]) -> LoopWorker:
-    """``python handler.py`` with RunPod's worker env pointing at ``api``; returns once it asks for a job.
-
-    RUNPOD_* variables from the outer environment are dropped: one such as RUNPOD_REALTIME_PORT
-    would start another server instead of the job loop.
-    """
-    worker_id = f"worker-{uuid.uuid4().hex[:8]}"
-    outer = {name: value for name, value in os.environ.items() if not name.startswith("RUNPOD_")}
-    env = {**outer, **TEST_ENV, **LOOP_ENV, **api.env(worker_id), **extra_env}
-    log_path = directory / f"{worker_id}.log"
-    with open(log_path, "w") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, str(REPO / "handler.py")],
-            cwd=directory,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # the heartbeat runs in a child process: the group is stopped together
-        )
-    worker = LoopWorker(process, worker_id, log_path)
-    for _ in range(SERVER_START_TIMEOUT_S):
-        if process.poll() is not None:
-            raise RuntimeError(f"the worker exited early:\n{worker.log()[-4000:]}")
-        if api.wait_for(lambda double: any(take.worker == worker_id for take in double.takes), 1.0):
-            return worker
-    stop_loop_worker(worker)
-    raise RuntimeError("the worker asked for no job in time")
-
-
-def stop_loop_worker(worker: LoopWorker) -> str:
-    """SIGTERM (the SDK's loop finishes and exits), then nothing of its process group is left; returns its log."""
-    worker.process.terminate()
-    try:
-        worker.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        worker.process.kill()
-        worker.process.wait()
-    try:
-        os.killpg(worker.process.pid, signal.SIGKILL)  # a heartbeat process its parent did not take down
-    except ProcessLookupError:
-        pass
-    return worker.log()
+LOOP_ENV = {**TEST_ENV, "ENGINE": "transformers"}
 
 
 def test_the_double_refuses_a_worker_without_the_key():
@@ -117,7 +51,7 @@ def serve_failing_worker(tmp_path: Path, env: dict[str, str], jobs: int) -> tupl
     """
     with WorkerApiDouble() as api:
         ids = api.queue(*({"text": f"{NOTE} Visit {number}."} for number in range(jobs)))
-        worker = start_loop_worker(api, tmp_path, env)
+        worker = start_loop_worker(api, tmp_path, {**LOOP_ENV, **env})
 
         def settled(double: WorkerApiDouble) -> bool:
             last = max((double.jobs[i].done for i in ids if double.jobs[i].done is not None), default=None)
@@ -177,7 +111,7 @@ def streaming(tmp_path_factory) -> Iterator[tuple[WorkerApiDouble, LoopWorker]]:
     directory = tmp_path_factory.mktemp("job-loop")
     leave_a_stale_job(directory)
     with WorkerApiDouble() as api:
-        worker = start_loop_worker(api, directory, {"STREAMING": "true", "MAX_CONCURRENCY": "2"})
+        worker = start_loop_worker(api, directory, {**LOOP_ENV, "STREAMING": "true", "MAX_CONCURRENCY": "2"})
         try:
             yield api, worker
         finally:
