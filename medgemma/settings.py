@@ -31,6 +31,15 @@ DEFAULT_MAX_INPUT_CHARS = 200_000
 DEFAULT_MAX_IMAGES = 8
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+#: A job's images together: two at the per-image cap (decoded RGB: 240 MB).
+DEFAULT_MAX_JOB_PIXELS = 80_000_000
+#: A conversation's size, empty parts counted: each part costs tokenizer calls before the model runs.
+DEFAULT_MAX_MESSAGES = 256
+DEFAULT_MAX_PARTS_PER_MESSAGE = 64
+DEFAULT_MAX_PARTS = 512
+#: A caller's JSON schema once its $refs are expanded: what both engines compile, per request.
+DEFAULT_MAX_GRAMMAR_CHARS = 65_536
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")  # any case
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
 #: vLLM on CPU: the KV cache in GiB (vLLM's own VLLM_CPU_KVCACHE_SPACE), instead of 90% of the RAM.
 DEFAULT_CPU_KV_CACHE_GIB = 2
@@ -44,6 +53,7 @@ DEFAULT_RUNPOD_VOLUME = "/runpod-volume"  # where RunPod mounts a network volume
 STANDIN_MODEL_ID = "standin"  # MODEL_ID=standin: the embedded stand-in, as when MODEL_ID is unset
 DEFAULT_IMAGE_URL_TIMEOUT_S = 10.0
 DEFAULT_IMAGE_URL_DEADLINE_S = 30.0
+DEFAULT_IMAGE_URL_JOB_DEADLINE_S = 60.0
 #: vLLM's default max_lora_rank; the LoRA memory both engines reserve grows with it.
 DEFAULT_MAX_LORA_RANK = 16
 #: The adapter name meaning "no adapter" in a job's ``adapter`` field.
@@ -125,6 +135,13 @@ class Settings:
     image_url_allow_addresses: tuple[IPNetwork, ...]  # exempt from the SSRF rules (tests)
     image_url_timeout_s: float  # connect, and each read
     image_url_deadline_s: float  # one whole fetch, redirects included
+    image_url_job_deadline_s: float  # all of one job's fetches together
+    max_job_pixels: int  # all of one job's images together
+    max_messages: int
+    max_parts_per_message: int
+    max_parts: int  # all of a conversation's content parts, empty ones included
+    max_grammar_chars: int  # a caller's schema, $refs expanded (JsonSpec.grammar)
+    log_level: str  # one of LOG_LEVELS (logging wants it upper-case)
     adapters: tuple[AdapterSpec, ...] = ()  # PEFT LoRA adapters served on top of the model
     max_lora_rank: int = DEFAULT_MAX_LORA_RANK
     adapter_merge: bool = False  # the one adapter merged into the weights (transformers engine; no base model)
@@ -210,6 +227,15 @@ class Settings:
             image_url_deadline_s=reader.number(
                 "IMAGE_URL_DEADLINE_S", DEFAULT_IMAGE_URL_DEADLINE_S, low=0.1, high=3600
             ),
+            image_url_job_deadline_s=reader.number(
+                "IMAGE_URL_JOB_DEADLINE_S", DEFAULT_IMAGE_URL_JOB_DEADLINE_S, low=0.1, high=3600
+            ),
+            max_job_pixels=reader.integer("MAX_JOB_PIXELS", DEFAULT_MAX_JOB_PIXELS, minimum=1),
+            max_messages=reader.integer("MAX_MESSAGES", DEFAULT_MAX_MESSAGES, minimum=1),
+            max_parts_per_message=reader.integer("MAX_PARTS_PER_MESSAGE", DEFAULT_MAX_PARTS_PER_MESSAGE, minimum=1),
+            max_parts=reader.integer("MAX_PARTS", DEFAULT_MAX_PARTS, minimum=1),
+            max_grammar_chars=reader.integer("MAX_GRAMMAR_CHARS", DEFAULT_MAX_GRAMMAR_CHARS, minimum=1),
+            log_level=reader.choice("LOG_LEVEL", LOG_LEVELS, default="info"),
             adapters=adapters,
             max_lora_rank=reader.integer("MAX_LORA_RANK", DEFAULT_MAX_LORA_RANK, minimum=1),
             adapter_merge=adapter_merge,
