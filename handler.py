@@ -37,7 +37,7 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from medgemma import openai_api  # noqa: E402
-from medgemma.errors import HostError, MedGemmaError  # noqa: E402
+from medgemma.errors import HostError, MedGemmaError, SettingsError  # noqa: E402
 from medgemma.settings import Settings, load_settings  # noqa: E402
 from medgemma.worker import Worker  # noqa: E402
 
@@ -91,8 +91,8 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
     openai = openai_api.is_openai_job(job)
     if STARTUP_FAILURE is not None:
         failure = startup_failure_output(STARTUP_FAILURE)
-        return openai_api.failure_output(failure) if openai else failure
-    return await (openai_api.run(warmup(), job) if openai else warmup().run(job))
+        return error_as_text(openai_api.failure_output(failure)) if openai else failure
+    return error_as_text(await openai_api.run(warmup(), job)) if openai else await warmup().run(job)
 
 
 async def stream_handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
@@ -109,10 +109,19 @@ async def stream_handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any] | 
             # worker asks through its config, which the SDK checks after the job.
             if chunk.pop("refresh_worker", False):
                 RUNPOD_CONFIG["refresh_worker"] = True
-            # The SDK reports a generator's error as str(error): keep an OpenAI error object JSON.
-            if isinstance(chunk.get("error"), dict):
-                chunk["error"] = json.dumps(chunk["error"])
+            chunk = error_as_text(chunk)
         yield chunk
+
+
+def error_as_text(output: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI error object as JSON text: the SDK takes a job's error as a string.
+
+    Its own errors are JSON text; a generator's error is reported as ``str(error)``, and its local
+    API refuses (HTTP 500, logging the object) an error that is not a string.
+    """
+    if isinstance(output.get("error"), dict):
+        output["error"] = json.dumps(output["error"])
+    return output
 
 
 async def _one(item: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
@@ -167,14 +176,30 @@ def exit_on_sigterm(signum: int, frame: Any) -> None:
     sys.exit(0)
 
 
-def main() -> None:
+def logged_settings() -> Settings | None:
+    """The settings, with the log at the level LOG_LEVEL names; None when a setting is bad.
+
+    The log starts at INFO (LOG_LEVEL's default) so that a bad setting, LOG_LEVEL itself
+    included, is still logged: ``start_or_record_failure`` reads the settings again and
+    records the failure to answer every job with.
+    """
     logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO"),
+        level=logging.INFO,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        settings = load_settings()
+    except SettingsError:
+        return None
+    logging.getLogger().setLevel(settings.log_level.upper())
+    return settings
+
+
+def main() -> None:
+    settings = logged_settings()
     signal.signal(signal.SIGTERM, exit_on_sigterm)
-    worker = start_or_record_failure()
+    worker = start_or_record_failure(settings)
     if worker is None and not serving(sys.argv, os.environ):
         sys.exit(2)  # a local test run: the reason is the last line logged
     os.environ.setdefault("RUNPOD_LOG_LEVEL", SDK_LOG_LEVEL)

@@ -3,11 +3,12 @@
 A URL in a job is untrusted: it may point at the worker's own network (SSRF), at a
 cloud metadata service, or at a server that sends forever or never. So each hop is
 parsed and refused early (scheme, userinfo), its host is resolved once and every
-address vetted, the connection goes to that vetted address (TLS still verifies the
-certificate for the hostname, so DNS rebinding cannot swap the address between check
-and connect), and the body is capped while it streams, under per-read timeouts and
-one overall deadline. Nothing about the URL is logged or put in an error message: a
-URL can carry patient identifiers or signed tokens. Blocking I/O, stdlib only.
+address vetted (``medgemma.addresses``), the connection goes to that vetted address
+(TLS still verifies the certificate for the hostname, so DNS rebinding cannot swap the
+address between check and connect), and the body is capped while it streams, under
+per-read timeouts and one overall deadline: the fetch's own, or what the job's earlier
+fetches left of the job's. Nothing about the URL is logged or put in an error message:
+a URL can carry patient identifiers or signed tokens. Blocking I/O, stdlib only.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
+from medgemma.addresses import refusal
 from medgemma.errors import InputError
-from medgemma.settings import IPNetwork, Settings
+from medgemma.settings import Settings
 
 log = logging.getLogger("medgemma.image_fetch")
 
@@ -33,25 +35,9 @@ MAX_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 READ_CHUNK = 64 * 1024
 USER_AGENT = "medgemma-runpod-worker"
-# Never fetched, whatever IMAGE_URL_ALLOW_ADDRESSES says: instance credentials live here.
-METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(address)
-    for address in (
-        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean, Oracle
-        "169.254.170.2",  # AWS ECS task metadata
-        "169.254.169.253",  # AWS VPC DNS
-        "fd00:ec2::254",  # AWS IMDS over IPv6
-        "fd00:ec2::253",  # AWS VPC DNS over IPv6
-        "100.100.100.200",  # Alibaba Cloud
-        "192.0.0.192",  # Oracle Cloud (legacy); Python counts it as global
-    )
-)
-CGNAT = ipaddress.ip_network("100.64.0.0/10")
 HOST_CHARS = re.compile(r"[A-Za-z0-9._:-]+")  # a DNS name (IDNA-encoded) or an IP literal
 SCHEME_PROBLEM = "only https:// image URLs are fetched (besides base64 and data:image/... URLs)"
 HTTP_PROBLEM = "plain http:// image URLs are refused; use https:// (or set IMAGE_URL_ALLOW_HTTP=true)"
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -71,11 +57,14 @@ class Target:
         return host if self.port == default else f"{host}:{self.port}"
 
 
-def fetch_image(url: str, field: str, settings: Settings) -> bytes:
-    """The body of an image URL, at most MAX_IMAGE_BYTES; InputError naming ``field`` otherwise."""
+def fetch_image(url: str, field: str, settings: Settings, job_seconds_left: float) -> bytes:
+    """The body of an image URL, at most MAX_IMAGE_BYTES; InputError naming ``field`` otherwise.
+
+    ``job_seconds_left``: what the job's earlier fetches left of IMAGE_URL_JOB_DEADLINE_S.
+    """
     started = time.monotonic()
     target = parse_url(url, field, settings.image_url_allow_http)
-    deadline = Deadline(settings.image_url_deadline_s)
+    deadline = fetch_deadline(settings, job_seconds_left)
     try:
         for redirects in range(MAX_REDIRECTS + 1):
             outcome = _get(target, field, settings, deadline)
@@ -125,44 +114,30 @@ def parse_url(url: str, field: str, allow_http: bool) -> Target:
     return Target(url.strip(), scheme, host, port if port is not None else (443 if scheme == "https" else 80), path)
 
 
-def refusal(address: IPAddress, allowed: tuple[IPNetwork, ...]) -> str | None:
-    """Why an address must not be fetched from, or None if it may be.
-
-    IPv4-mapped (::ffff:a.b.c.d) and 6to4 (2002::/16) addresses are judged by the IPv4
-    address they carry.
-    """
-    if isinstance(address, ipaddress.IPv6Address):
-        address = ipaddress.IPv6Address(address.packed)  # without a %scope
-        if address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        elif address.sixtofour is not None and (inner := refusal(address.sixtofour, ())) is not None:
-            return inner
-    if address in METADATA_ADDRESSES:
-        return "a cloud metadata address"
-    if any(address.version == network.version and address in network for network in allowed):
-        return None
-    checks = (
-        (address.is_loopback, "a loopback address"),
-        (address.is_unspecified, "an unspecified address"),
-        (address.is_link_local, "a link-local address"),
-        (address.is_multicast, "a multicast address"),
-        (address in CGNAT, "a shared (CGNAT) address"),
-        (address.is_reserved, "a reserved address"),
-        (address.is_private, "a private address"),
-        (not address.is_global, "a non-public address"),
+def fetch_deadline(settings: Settings, job_seconds_left: float) -> Deadline:
+    """The fetch's own IMAGE_URL_DEADLINE_S, or the rest of the job's when that ends first."""
+    if job_seconds_left < settings.image_url_deadline_s:
+        return Deadline(
+            max(job_seconds_left, 0.0),
+            f"the job's image URLs took longer than the limit of {settings.image_url_job_deadline_s:g} s "
+            "for all of them together",
+        )
+    return Deadline(
+        settings.image_url_deadline_s,
+        f"fetching the image URL took longer than the limit of {settings.image_url_deadline_s:g} s",
     )
-    return next((reason for bad, reason in checks if bad), None)
 
 
 class Deadline:
     """One fetch's overall time limit, enforced by a timer that shuts the open socket.
 
     Per-read timeouts alone don't bound a server that drips a byte just inside each
-    one; shutting the socket down wakes whatever read is blocked on it.
+    one; shutting the socket down wakes whatever read is blocked on it. ``problem``
+    says which limit ran out.
     """
 
-    def __init__(self, seconds: float):
-        self.seconds = seconds
+    def __init__(self, seconds: float, problem: str):
+        self.problem = problem
         self.expired = False
         self._end = time.monotonic() + seconds
         self._sock: socket.socket | None = None
@@ -177,8 +152,12 @@ class Deadline:
             raise self.error(field)
         return left
 
+    def passed(self) -> bool:
+        """Expired, or due to: the timer thread may not have run yet when the time is up."""
+        return self.expired or time.monotonic() >= self._end
+
     def error(self, field: str) -> InputError:
-        return InputError(field, f"fetching the image URL took longer than the limit of {self.seconds:g} s")
+        return InputError(field, self.problem)
 
     def watch(self, sock: socket.socket | None) -> None:
         with self._lock:
@@ -297,7 +276,7 @@ def _connect(
             return tls
         except OSError as error:
             _close(sock, deadline)
-            if deadline.expired or isinstance(error, (TimeoutError, ssl.SSLError)):
+            if deadline.passed() or isinstance(error, (TimeoutError, ssl.SSLError)):
                 raise _network_error(error, field, settings, deadline) from None
             # refused or unreachable: try the next vetted address
         except BaseException:
@@ -342,13 +321,13 @@ def _read_body(response: http.client.HTTPResponse, field: str, max_bytes: int) -
 
 def _check_deadline(deadline: Deadline, field: str) -> None:
     """The timer's shutdown can read as a clean end of the headers or the body: don't trust what came."""
-    if deadline.expired:
+    if deadline.passed():
         raise deadline.error(field)
 
 
 def _network_error(error: Exception, field: str, settings: Settings, deadline: Deadline) -> InputError:
     """What went wrong on the wire, in words that name no host or URL."""
-    if deadline.expired:
+    if deadline.passed():
         return deadline.error(field)
     if isinstance(error, TimeoutError):
         return InputError(field, f"the image server did not answer within {settings.image_url_timeout_s:g} s")

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from medgemma.errors import InputError, MedGemmaError
+from medgemma.errors import FieldPath, InputError, MedGemmaError, shown
 from medgemma.request import GenerationRequest
 from medgemma.settings import Settings
 
@@ -102,14 +102,27 @@ RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 JSON_SCHEMA_FIELDS = frozenset({"name", "schema", "strict", "description"})
 SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SCHEMA_PARAM = "response_format.json_schema.schema"
+#: The request body's top: a reply names its parameters bare, the log as ``body.<...>``.
+BODY = FieldPath("", "body")
 
 
 class OpenAIError(InputError):
-    """A request OpenAI's API would refuse: ``code`` and HTTP-style ``kind`` go into the error object."""
+    """A request OpenAI's API would refuse: ``code`` and HTTP-style ``kind`` go into the error object.
 
-    def __init__(self, param: str | None, problem: str, code: str | None = None, kind: str = "invalid_request_error"):
-        super().__init__(param or "request", problem)
-        self.param, self.code, self.kind = param, code, kind
+    ``param`` and ``quoted`` are as InputError's ``field`` and ``quoted``; the error object's
+    param is the reply's form of it.
+    """
+
+    def __init__(
+        self,
+        param: str | FieldPath | None,
+        problem: str,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+        **quoted: object,
+    ):
+        super().__init__(param or "request", problem, **quoted)
+        self.param, self.code, self.kind = (self.field if param else None), code, kind
 
 
 def is_openai_job(job: dict[str, Any]) -> bool:
@@ -200,26 +213,25 @@ def _not_chat(worker: Worker, route: str) -> dict[str, Any]:
         adapters = {model["id"]: model for model in model_objects(worker)[1:]}
         if name in adapters:
             return adapters[name]
-        return error_body(
-            f"model: {_no_such_model(name, settings, list(adapters))}",
-            "invalid_request_error",
-            "model",
-            "model_not_found",
-        )
+        error = _no_such_model(name, settings, list(adapters))
+        return error_body(str(error), error.kind, error.param, error.code)
     return error_body(
-        f"openai_route: {route!r} is not served; this worker serves {CHAT_ROUTE} and {MODELS_ROUTE}",
+        f"openai_route: {shown(route)} is not served; this worker serves {CHAT_ROUTE} and {MODELS_ROUTE}",
         "invalid_request_error",
         None,
         "unknown_route",
     )
 
 
-def _no_such_model(name: object, settings: Settings, adapters: list[str]) -> str:
+def _no_such_model(name: object, settings: Settings, adapters: list[str]) -> OpenAIError:
     served = served_model_id(settings)
     others = ", ".join(sorted(model_aliases(settings) - {served}))
     with_adapters = f", and its adapters {', '.join(map(repr, adapters))}" if adapters else ""
-    return (
-        f"the model {name!r} does not exist here; this worker serves {served!r} (also called {others}){with_adapters}"
+    return OpenAIError(
+        "model",
+        f"the model {{got}} does not exist here; this worker serves {served!r} (also called {others}){with_adapters}",
+        code="model_not_found",
+        got=name,
     )
 
 
@@ -264,7 +276,9 @@ class ChatCompletions:
                 raise OpenAIError(name, f"{UNSUPPORTED[name]}", code="unsupported_parameter")
             elif name not in HANDLED_HERE:
                 raise OpenAIError(
-                    name, "is not a chat completions parameter this worker knows", code="unknown_parameter"
+                    BODY.named(name, "unknown parameter"),
+                    "is not a chat completions parameter this worker knows",
+                    code="unknown_parameter",
                 )
         if "messages" not in native:
             raise OpenAIError("messages", "is required")
@@ -272,7 +286,7 @@ class ChatCompletions:
         if model in self._adapters and model not in model_aliases(self._settings):
             native["adapter"], self._names["adapter"], self._model = model, "model", model
         elif model is not None and model not in model_aliases(self._settings):
-            raise OpenAIError("model", _no_such_model(model, self._settings, self._adapters), code="model_not_found")
+            raise _no_such_model(model, self._settings, self._adapters)
         n = body.get("n")
         if n is not None and (isinstance(n, bool) or n != 1):
             raise OpenAIError("n", "only n=1 is supported: one answer per request", code="unsupported_value")
@@ -287,11 +301,16 @@ class ChatCompletions:
             raise OpenAIError("response_format", f"must be an object, got {type(value).__name__}")
         kind = value.get("type")
         if kind not in RESPONSE_FORMATS:
-            raise OpenAIError("response_format.type", f"must be one of {', '.join(RESPONSE_FORMATS)}, got {kind!r}")
+            raise OpenAIError(
+                "response_format.type", f"must be one of {', '.join(RESPONSE_FORMATS)}, got {{got}}", got=kind
+            )
         allowed = {"type", "json_schema"} if kind == "json_schema" else {"type"}
         extra = sorted(set(value) - allowed)
         if extra:
-            raise OpenAIError(f"response_format.{extra[0]}", f"is not a field of the {kind} response format")
+            raise OpenAIError(
+                FieldPath.known("response_format").named(extra[0], "unknown field"),
+                f"is not a field of the {kind} response format",
+            )
         if kind == "text":
             return {}
         if kind == "json_object":
@@ -302,7 +321,10 @@ class ChatCompletions:
             raise OpenAIError("response_format.json_schema", "is required: an object with name and schema")
         unknown = sorted(set(spec) - JSON_SCHEMA_FIELDS)
         if unknown:
-            raise OpenAIError(f"response_format.json_schema.{unknown[0]}", "is not a json_schema field")
+            raise OpenAIError(
+                FieldPath.known("response_format.json_schema").named(unknown[0], "unknown field"),
+                "is not a json_schema field",
+            )
         name = spec.get("name")
         if not isinstance(name, str) or not SCHEMA_NAME.fullmatch(name):
             raise OpenAIError("response_format.json_schema.name", "is required: 1 to 64 of a-z, A-Z, 0-9, _ and -")
@@ -324,7 +346,11 @@ class ChatCompletions:
             raise OpenAIError("stream_options", f"must be an object, got {type(options).__name__}")
         extra = sorted(set(options) - {"include_usage"})
         if extra:
-            raise OpenAIError(f"stream_options.{extra[0]}", "is not supported", code="unsupported_parameter")
+            raise OpenAIError(
+                FieldPath.known("stream_options").named(extra[0], "unknown field"),
+                "is not supported",
+                code="unsupported_parameter",
+            )
         include = options.get("include_usage")
         if include is not None and not isinstance(include, bool):
             raise OpenAIError("stream_options.include_usage", "must be true or false")

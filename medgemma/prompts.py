@@ -29,7 +29,7 @@ DEFAULT_MODE = "summarize"
 def check_mode(mode: str) -> str:
     """Return ``mode`` if known; an unknown mode is an error, never a silent fallback."""
     if mode not in SYSTEM_PROMPTS:
-        raise InputError("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
+        raise InputError("mode", f"must be one of {', '.join(MODES)}, got {{got}}", got=mode)
     return mode
 
 

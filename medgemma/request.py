@@ -17,8 +17,8 @@ from typing import Any
 
 from PIL import Image
 
-from medgemma.errors import InputError
-from medgemma.images import create_dummy_image, load_image
+from medgemma.errors import INPUT, FieldPath, InputError
+from medgemma.images import ImageBudget, create_dummy_image, load_image
 from medgemma.prompts import DEFAULT_MODE, check_mode, system_prompt_for, with_answer_format
 from medgemma.settings import BASE_ADAPTER, Settings
 from medgemma.structured import JsonSpec, json_spec
@@ -80,7 +80,7 @@ class GenerationRequest:
     top_p: float | None = None
     seed: int | None = None
     stream: bool = False
-    job_id: str = "-"
+    job_id: str = "-"  # for the log only, in the form it may take there (``medgemma.errors.logged_id``)
     stop: tuple[str, ...] = ()  # the answer ends before the first of these (medgemma.decoding)
     turns: list[dict[str, Any]] | None = None  # a messages job: its user/assistant turns, images as PIL
     adapter: str | None = None  # an ADAPTERS name; None: the base model
@@ -141,7 +141,10 @@ def parse_job_input(
     data = _apply_aliases(raw)
     unknown = sorted(set(data) - KNOWN_FIELDS)
     if unknown:
-        raise InputError(unknown[0], f"is not a known field (known: {', '.join(sorted(KNOWN_FIELDS | set(ALIASES)))})")
+        raise InputError(
+            INPUT.named(unknown[0], "unknown field"),
+            f"is not a known field (known: {', '.join(sorted(KNOWN_FIELDS | set(ALIASES)))})",
+        )
 
     adapter = choose_adapter(data.get("adapter"), adapters, merged)
     conversation = None
@@ -170,7 +173,9 @@ def parse_job_input(
             f"and the text are {len(override) + len(text)} characters, over the limit of {settings.max_input_chars}",
         )
     system_prompt: str | None = system_prompt_for(mode, override)
-    structured = json_spec(_typed(data, "format", str, default=None), data.get("json_schema"), mode)
+    structured = json_spec(
+        _typed(data, "format", str, default=None), data.get("json_schema"), mode, settings.max_grammar_chars
+    )
 
     if conversation is not None:
         images, turns = conversation.images, conversation.turns
@@ -190,7 +195,9 @@ def parse_job_input(
 
     max_new_tokens = _typed(data, "max_new_tokens", int, default=settings.max_new_tokens)
     if not 1 <= max_new_tokens <= settings.max_new_tokens_cap:
-        raise InputError("max_new_tokens", f"must be between 1 and {settings.max_new_tokens_cap}, got {max_new_tokens}")
+        raise InputError(
+            "max_new_tokens", f"must be between 1 and {settings.max_new_tokens_cap}, got {{got}}", got=max_new_tokens
+        )
     temperature = _number(data, "temperature", 0.0, MAX_TEMPERATURE)
     top_p = _number(data, "top_p", 0.0, 1.0)
     if top_p is not None and (top_p == 0.0 or not temperature):
@@ -242,7 +249,9 @@ def choose_adapter(value: object, adapters: Collection[str], merged: bool = Fals
     if not isinstance(value, str):
         raise InputError("adapter", f"must be a string, got {type(value).__name__}")
     if value not in adapters:
-        raise InputError("adapter", f"unknown adapter {value[:64]!r} (known: {', '.join([BASE_ADAPTER, *adapters])})")
+        raise InputError(
+            "adapter", f"unknown adapter {{got}} (known: {', '.join([BASE_ADAPTER, *adapters])})", got=value
+        )
     return value
 
 
@@ -252,12 +261,15 @@ def parse_messages(value: object, settings: Settings, vision: bool, name: str = 
     An optional system turn first, then user and assistant turns alternating, from a user turn
     to a user turn (Gemma's chat template allows nothing else). Images go in user turns. The
     limits hold for the whole conversation: MAX_INPUT_CHARS over all its text, MAX_IMAGES over
-    all its images, counted before any image is fetched or decoded.
+    all its images, counted before any image is fetched or decoded. MAX_MESSAGES,
+    MAX_PARTS_PER_MESSAGE and MAX_PARTS come first, before any part is read: each part, even an
+    empty one, costs work to check and tokenize.
     """
     if not isinstance(value, list):
         raise InputError(name, f"must be a list of messages, got {type(value).__name__}")
     if not value:
         raise InputError(name, "must not be empty")
+    _check_size(value, settings, name)
     system: str | None = None
     turns: list[tuple[str, list[tuple[str, str, Any]]]] = []  # (role, [(kind, path, value)])
     for index, message in enumerate(value):
@@ -296,6 +308,7 @@ def parse_messages(value: object, settings: Settings, vision: bool, name: str = 
         raise InputError(name, f"has {len(image_parts)} images, over the limit of {settings.max_images}")
 
     images: list[Image.Image] = []
+    budget = ImageBudget(settings)  # all of the conversation's images together
     built = []
     for role, parts in turns:
         content = []
@@ -303,10 +316,29 @@ def parse_messages(value: object, settings: Settings, vision: bool, name: str = 
             if kind == "text":
                 content.append({"type": "text", "text": raw})
             else:
-                images.append(load_image(raw, part_path, settings))
+                images.append(load_image(raw, part_path, budget))
                 content.append({"type": "image", "image": images[-1]})
         built.append({"role": role, "content": content})
     return Conversation(system=system, turns=built, images=images)
+
+
+def _check_size(messages: list[Any], settings: Settings, name: str) -> None:
+    """The conversation's size against MAX_MESSAGES, MAX_PARTS_PER_MESSAGE and MAX_PARTS, from list lengths only."""
+    if len(messages) > settings.max_messages:
+        raise InputError(name, f"has {len(messages)} messages, over the limit of {settings.max_messages}")
+    sizes = [
+        len(message["content"]) if isinstance(message, dict) and isinstance(message.get("content"), list) else 1
+        for message in messages
+    ]
+    for index, size in enumerate(sizes):
+        if size > settings.max_parts_per_message:
+            raise InputError(
+                f"{name}[{index}].content", f"has {size} parts, over the limit of {settings.max_parts_per_message}"
+            )
+    if sum(sizes) > settings.max_parts:
+        raise InputError(
+            name, f"has {sum(sizes)} content parts (empty ones count), over the limit of {settings.max_parts}"
+        )
 
 
 def _message(message: object, path: str) -> tuple[str, list[tuple[str, str, Any]]]:
@@ -315,11 +347,12 @@ def _message(message: object, path: str) -> tuple[str, list[tuple[str, str, Any]
         raise InputError(path, f"must be {MESSAGE_FORM}, got {type(message).__name__}")
     extra = sorted(set(message) - {"role", "content"})
     if extra:
-        raise InputError(f"{path}.{extra[0]}", f"is not supported (a message is {MESSAGE_FORM})")
+        raise InputError(
+            FieldPath.known(path).named(extra[0], "unknown field"), f"is not supported (a message is {MESSAGE_FORM})"
+        )
     role = message.get("role")
     if role not in ROLES:
-        shown = role if isinstance(role, str) else type(role).__name__
-        raise InputError(f"{path}.role", f"must be system, user or assistant, got {shown!r}")
+        raise InputError(f"{path}.role", "must be system, user or assistant, got {got}", got=role)
     content = message.get("content")
     if isinstance(content, str):
         parts: list[tuple[str, str, Any]] = [("text", f"{path}.content", content)]
@@ -341,11 +374,10 @@ def _part(part: object, path: str) -> tuple[str, str, Any]:
         raise InputError(path, f"must be a content part object with a type, got {type(part).__name__}")
     kind = part.get("type")
     if kind not in ("text", *IMAGE_PART_TYPES):
-        shown = kind if isinstance(kind, str) else type(kind).__name__
-        raise InputError(f"{path}.type", f"must be text, image_url or image, got {shown!r}")
+        raise InputError(f"{path}.type", "must be text, image_url or image, got {got}", got=kind)
     extra = sorted(set(part) - {"type", kind})
     if extra:
-        raise InputError(f"{path}.{extra[0]}", f"is not supported in a {kind} part")
+        raise InputError(FieldPath.known(path).named(extra[0], "unknown field"), f"is not supported in a {kind} part")
     value = part.get(kind)
     if kind == "text":
         if not isinstance(value, str):
@@ -355,7 +387,10 @@ def _part(part: object, path: str) -> tuple[str, str, Any]:
     if kind == "image_url" and isinstance(value, dict):
         extra = sorted(set(value) - {"url", "detail"})
         if extra:
-            raise InputError(f"{field_path}.{extra[0]}", "is not supported (an image_url has url and detail)")
+            raise InputError(
+                FieldPath.known(field_path).named(extra[0], "unknown field"),
+                "is not supported (an image_url has url and detail)",
+            )
         if value.get("detail", "auto") not in ("auto", None):
             raise InputError(f"{field_path}.detail", "only auto is supported: every image is seen at 896x896")
         value = value.get("url")
@@ -405,7 +440,7 @@ def _number(data: dict[str, Any], name: str, low: float, high: float) -> float |
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(name, f"must be a number, got {type(value).__name__}")
     if not low <= value <= high:
-        raise InputError(name, f"must be between {low} and {high}, got {value}")
+        raise InputError(name, f"must be between {low} and {high}, got {{got}}", got=value)
     return float(value)
 
 
@@ -422,9 +457,9 @@ def _images(data: dict[str, Any], settings: Settings) -> list[Image.Image]:
             )
     if len(values) > settings.max_images:
         raise InputError(name, f"has {len(values)} images, over the limit of {settings.max_images}")
+    budget = ImageBudget(settings)  # all of the job's images together
     return [
-        load_image(value, name if name == "image" else f"images[{index}]", settings)
-        for index, value in enumerate(values)
+        load_image(value, name if name == "image" else f"images[{index}]", budget) for index, value in enumerate(values)
     ]
 
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from medgemma.errors import GenerationFailed, InputError
+from medgemma.errors import FieldPath, GenerationFailed, InputError
+from medgemma.settings import DEFAULT_MAX_GRAMMAR_CHARS
 
 #: The built-in summary's list fields, in the order the Markdown summary uses them as headings.
 SUMMARY_SECTIONS = ("key_findings", "diagnoses", "treatments_and_medications", "follow_up_and_pending")
@@ -102,14 +104,16 @@ class JsonSpec:
     instruction: str  # appended to the system prompt, so the model knows what it is filling in
 
 
-def json_spec(output_format: str | None, json_schema: Any, mode: str) -> JsonSpec | None:
+def json_spec(
+    output_format: str | None, json_schema: Any, mode: str, max_grammar_chars: int = DEFAULT_MAX_GRAMMAR_CHARS
+) -> JsonSpec | None:
     """The job's JsonSpec from its ``format`` and ``json_schema`` fields; None for a free-text job."""
     if output_format is not None and output_format not in FORMATS:
-        raise InputError("format", f"must be one of {', '.join(FORMATS)}, got {output_format!r}")
+        raise InputError("format", f"must be one of {', '.join(FORMATS)}, got {{got}}", got=output_format)
     if json_schema is not None:
         if output_format == "text":
             raise InputError("format", "must be json or omitted when json_schema is given")
-        return caller_spec(json_schema)
+        return caller_spec(json_schema, max_grammar_chars)
     if output_format != "json":
         return None
     return summary_spec() if mode == "summarize" else object_spec()
@@ -129,8 +133,13 @@ def object_spec() -> JsonSpec:
     return _spec("object", {"type": "object"}, "Answer with one JSON object and nothing else.")
 
 
-def caller_spec(json_schema: Any) -> JsonSpec:
-    """Check a caller's schema against the limits and the allow-list; InputError names what is wrong."""
+def caller_spec(json_schema: Any, max_grammar_chars: int = DEFAULT_MAX_GRAMMAR_CHARS) -> JsonSpec:
+    """Check a caller's schema against the limits and the allow-list; InputError names what is wrong.
+
+    ``max_grammar_chars`` (MAX_GRAMMAR_CHARS) bounds the schema once its ``$ref``s are expanded:
+    a definition used many times is copied into the grammar each time, which both engines compile.
+    The prompt's instruction carries the schema as sent, within MAX_SCHEMA_CHARS.
+    """
     if not isinstance(json_schema, dict):
         raise InputError("json_schema", f"must be a JSON Schema object, got {type(json_schema).__name__}")
     size = len(_compact(json_schema))
@@ -146,12 +155,19 @@ def caller_spec(json_schema: Any) -> JsonSpec:
         defs.update({f"#/{name}/{key}": schema for key, schema in value.items()})
     root = {key: value for key, value in json_schema.items() if key not in ROOT_DEFS and key != "$schema"}
     walker = _Walker(defs)
-    enforced = walker.check(root, "json_schema", depth=0, refs=())
-    return _spec(
+    enforced = walker.check(root, FieldPath.known("json_schema"), depth=0, refs=())
+    spec = _spec(
         "schema",
         enforced,
         "Answer with one JSON object and nothing else, matching this JSON Schema: " + _compact(json_schema),
     )
+    if len(spec.grammar) > max_grammar_chars:
+        raise InputError(
+            "json_schema",
+            f"is {len(spec.grammar)} characters as JSON once its $refs are expanded, "
+            f"over the limit of {max_grammar_chars}; define fewer copies",
+        )
+    return spec
 
 
 def _spec(kind: str, schema: dict[str, Any], instruction: str) -> JsonSpec:
@@ -163,6 +179,22 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def _refused(path: FieldPath, problem: str, **quoted: object) -> InputError:
+    """A schema error at ``path`` (``problem`` follows it): the property names in the path reach the reply only."""
+    return InputError("json_schema", "{path}" + problem, path=path, **quoted)
+
+
+def _finite(value: Any) -> bool:
+    """Whether ``value`` holds no NaN or infinity, which Python's json reads (``NaN``, ``1e400``) and no grammar takes."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_finite(item) for item in value)
+    if isinstance(value, dict):
+        return all(_finite(item) for item in value.values())
+    return True
+
+
 class _Walker:
     """Checks every subschema and builds the enforced copy (canonical key order, refs expanded)."""
 
@@ -170,22 +202,23 @@ class _Walker:
         self.defs = defs
         self.nodes = 0
 
-    def check(self, node: Any, path: str, depth: int, refs: tuple[str, ...]) -> dict[str, Any]:
+    def check(self, node: Any, path: FieldPath, depth: int, refs: tuple[str, ...]) -> dict[str, Any]:
         if not isinstance(node, dict):
-            raise InputError("json_schema", f"{path} must be a schema object, got {type(node).__name__}")
+            raise _refused(path, f" must be a schema object, got {type(node).__name__}")
         self.nodes += 1
         if self.nodes > MAX_SCHEMA_NODES:
             raise InputError("json_schema", f"has more than {MAX_SCHEMA_NODES} subschemas (after expanding $ref)")
         if depth > MAX_SCHEMA_DEPTH:
-            raise InputError("json_schema", f"{path} is nested deeper than the limit of {MAX_SCHEMA_DEPTH} levels")
+            raise _refused(path, f" is nested deeper than the limit of {MAX_SCHEMA_DEPTH} levels")
         if "$ref" in node:
             return self._ref(node, path, depth, refs)
         for key in node:
             hint = REFUSAL_HINTS.get(key)
             if key not in ALLOWED:
-                raise InputError(
-                    "json_schema",
-                    f"{path}/{key} is not supported"
+                keyword = path.then(f"/{key}") if hint else path.named(key, "keyword", "/")
+                raise _refused(
+                    keyword,
+                    " is not supported"
                     + (f": {hint}" if hint else "")
                     + f"; supported keywords: {', '.join(sorted(ALLOWED - ANNOTATIONS))}",
                 )
@@ -195,22 +228,22 @@ class _Walker:
             value = node[key]
             if key in ANNOTATIONS:
                 continue
-            where = f"{path}/{key}"
+            where = path.then(f"/{key}")
             if key == "type":
                 out[key] = value
             elif key in ("enum", "const"):
                 out[key] = self._values(key, value, where)
             elif key == "anyOf":
                 if not isinstance(value, list) or not 1 <= len(value) <= MAX_ANY_OF:
-                    raise InputError("json_schema", f"{where} must be a list of 1 to {MAX_ANY_OF} schemas")
-                out[key] = [self.check(item, f"{where}/{i}", depth + 1, refs) for i, item in enumerate(value)]
+                    raise _refused(where, f" must be a list of 1 to {MAX_ANY_OF} schemas")
+                out[key] = [self.check(item, where.then(f"/{i}"), depth + 1, refs) for i, item in enumerate(value)]
             elif key == "properties":
                 out[key] = self._properties(value, where, depth, refs)
             elif key == "additionalProperties":
                 out[key] = value if isinstance(value, bool) else self.check(value, where, depth + 1, refs)
             elif key == "items":
                 if isinstance(value, list):
-                    raise InputError("json_schema", f"{where} is not supported: {REFUSAL_HINTS['items[]']}")
+                    raise _refused(where, f" is not supported: {REFUSAL_HINTS['items[]']}")
                 out[key] = self.check(value, where, depth + 1, refs)
             else:
                 out[key] = value
@@ -221,56 +254,57 @@ class _Walker:
         self._check_values(node, path, types)
         return out
 
-    def _ref(self, node: dict[str, Any], path: str, depth: int, refs: tuple[str, ...]) -> dict[str, Any]:
+    def _ref(self, node: dict[str, Any], path: FieldPath, depth: int, refs: tuple[str, ...]) -> dict[str, Any]:
         ref = node["$ref"]
         extra = sorted(set(node) - {"$ref"} - ANNOTATIONS)
         if extra:
-            raise InputError(
-                "json_schema", f"{path}: $ref cannot be combined with {extra[0]}; move it into the definition"
-            )
+            raise _refused(path, ": $ref cannot be combined with {got}; move it into the definition", got=extra[0])
         if ref not in self.defs:
-            raise InputError(
-                "json_schema", f"{path}/$ref must name a schema under #/$defs or #/definitions, got {ref!r}"
-            )
+            raise _refused(path, "/$ref must name a schema under #/$defs or #/definitions, got {got}", got=ref)
         if ref in refs:
-            raise InputError("json_schema", f"{path}/$ref is recursive ({ref}); recursive schemas are not supported")
+            raise _refused(path, "/$ref is recursive ({got}); recursive schemas are not supported", got=ref)
         return self.check(self.defs[ref], path, depth, (*refs, ref))
 
     @staticmethod
-    def _types(node: dict[str, Any], path: str) -> set[str]:
+    def _types(node: dict[str, Any], path: FieldPath) -> set[str]:
         value = node.get("type")
         if value is None:
             return set()
         names = value if isinstance(value, list) else [value]
         if not names or any(not isinstance(name, str) or name not in TYPES for name in names):
-            raise InputError("json_schema", f"{path}/type must be one of {', '.join(TYPES)} (or a list of them)")
+            raise _refused(path, f"/type must be one of {', '.join(TYPES)} (or a list of them)")
         if len(set(names)) != len(names):
-            raise InputError("json_schema", f"{path}/type lists a type twice")
+            raise _refused(path, "/type lists a type twice")
         return set(names) | ({"number"} if "integer" in names else set())
 
-    def _properties(self, value: Any, where: str, depth: int, refs: tuple[str, ...]) -> dict[str, Any]:
+    def _properties(self, value: Any, where: FieldPath, depth: int, refs: tuple[str, ...]) -> dict[str, Any]:
         if not isinstance(value, dict):
-            raise InputError("json_schema", f"{where} must be an object of named schemas")
+            raise _refused(where, " must be an object of named schemas")
         if len(value) > MAX_PROPERTIES:
-            raise InputError("json_schema", f"{where} has {len(value)} properties, over the limit of {MAX_PROPERTIES}")
+            raise _refused(where, f" has {len(value)} properties, over the limit of {MAX_PROPERTIES}")
         # Declared order is kept: the grammar writes properties in this order.
-        return {name: self.check(schema, f"{where}/{name}", depth + 1, refs) for name, schema in value.items()}
+        return {
+            name: self.check(schema, where.named(name, "property", "/"), depth + 1, refs)
+            for name, schema in value.items()
+        }
 
     @staticmethod
-    def _values(key: str, value: Any, where: str) -> Any:
+    def _values(key: str, value: Any, where: FieldPath) -> Any:
         if key == "enum" and (not isinstance(value, list) or not 1 <= len(value) <= MAX_ENUM_VALUES):
-            raise InputError("json_schema", f"{where} must be a list of 1 to {MAX_ENUM_VALUES} values")
+            raise _refused(where, f" must be a list of 1 to {MAX_ENUM_VALUES} values")
+        if not _finite(value):
+            raise _refused(where, " holds NaN or an infinite number, which JSON has no value for")
         return value
 
     @staticmethod
-    def _check_values(node: dict[str, Any], path: str, types: set[str]) -> None:
+    def _check_values(node: dict[str, Any], path: FieldPath, types: set[str]) -> None:
         """Bounds must be numbers in range and consistent; keywords for other types are refused."""
         for kind, keywords in KEYWORDS.items():
             if kind is None:
                 continue
             used = sorted(keywords & set(node))
             if used and types and kind not in types:
-                raise InputError("json_schema", f"{path}/{used[0]} applies to {kind}s, but type is {sorted(types)}")
+                raise _refused(path, f"/{used[0]} applies to {kind}s, but type is {sorted(types)}")
         for low, high, limit in (
             ("minItems", "maxItems", MAX_ITEMS_BOUND),
             ("minLength", "maxLength", MAX_LENGTH_BOUND),
@@ -280,31 +314,33 @@ class _Walker:
                 if value is not None and (
                     isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit
                 ):
-                    raise InputError("json_schema", f"{path}/{key} must be an integer from 0 to {limit}")
+                    raise _refused(path, f"/{key} must be an integer from 0 to {limit}")
             if node.get(low, 0) > node.get(high, limit):
-                raise InputError("json_schema", f"{path}: {low} is greater than {high}")
-        for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+                raise _refused(path, f": {low} is greater than {high}")
+        for key in sorted(KEYWORDS["number"]):
             value = node.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise InputError("json_schema", f"{path}/{key} must be a number")
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise _refused(path, f"/{key} must be a finite number")
+            if key == "multipleOf" and value <= 0:
+                raise _refused(path, "/multipleOf must be greater than 0")
         if "pattern" in node:
             pattern = node["pattern"]
             if not isinstance(pattern, str) or not 0 < len(pattern) <= MAX_PATTERN_CHARS:
-                raise InputError(
-                    "json_schema", f"{path}/pattern must be a regular expression of 1 to {MAX_PATTERN_CHARS} characters"
-                )
+                raise _refused(path, f"/pattern must be a regular expression of 1 to {MAX_PATTERN_CHARS} characters")
         if "format" in node and node["format"] not in STRING_FORMATS:
-            raise InputError("json_schema", f"{path}/format must be one of {', '.join(STRING_FORMATS)}")
+            raise _refused(path, f"/format must be one of {', '.join(STRING_FORMATS)}")
         required = node.get("required")
         if required is not None:
             names = node.get("properties", {})
             if not isinstance(required, list) or any(not isinstance(name, str) for name in required):
-                raise InputError("json_schema", f"{path}/required must be a list of property names")
+                raise _refused(path, "/required must be a list of property names")
             if len(set(required)) != len(required):
-                raise InputError("json_schema", f"{path}/required lists a property twice")
+                raise _refused(path, "/required lists a property twice")
             missing = [name for name in required if name not in names]
             if missing:
-                raise InputError("json_schema", f"{path}/required names {missing[0]!r}, which is not under properties")
+                raise _refused(path, "/required names {got}, which is not under properties", got=missing[0])
 
 
 # -- the answer ----------------------------------------------------------------------

@@ -29,8 +29,11 @@ _PLACEHOLDER_PATTERN = re.compile("\ue000(\\d+)\ue001")
 # A fast tokenizer keeps ``split_special_tokens`` as one switch on its shared Rust backend,
 # flipped by each call that passes it. Two prompts built at once on different threads (jobs
 # are prepared off the event loop) would flip it under each other: the template's markup split
-# into plain text, or, worse, caller text read with its control-token strings live. Building
-# one prompt at a time keeps each call's switch its own.
+# into plain text, or, worse, caller text read with its control-token strings live. So each
+# tokenizer call holds this lock, and a prompt takes two calls, however many parts it has: all
+# its markup in one batch, all its caller text in another (empty pieces are not tokenized at
+# all). Rendering the template and putting the ids together need no lock, so one job's many
+# parts hold up another job's prompt for two tokenizer calls at most.
 _TOKENIZING = threading.Lock()
 
 
@@ -80,26 +83,33 @@ class PromptBuilder:
         if images and self._image_sequence is None:
             raise ValueError("images for a text-only model: request validation lets none through")
 
-        with _TOKENIZING:
-            return Prompt(ids=self._ids(conversation, texts), images=images)
+        return Prompt(ids=self._ids(conversation, texts), images=images)
 
     def _ids(self, conversation: list[dict[str, Any]], texts: list[str]) -> list[int]:
         rendered = self._tokenizer.apply_chat_template(
             conversation, chat_template=self._template, tokenize=False, add_generation_prompt=True
         )
-        ids: list[int] = []
-        position = 0
-        for match in _PLACEHOLDER_PATTERN.finditer(rendered):
-            ids += self._markup_ids(rendered[position : match.start()])
-            ids += self._tokenizer(texts[int(match.group(1))], add_special_tokens=False, split_special_tokens=True)[
-                "input_ids"
-            ]
-            position = match.end()
-        ids += self._markup_ids(rendered[position:])
+        # markup, placeholder index, markup, ..., markup
+        pieces = _PLACEHOLDER_PATTERN.split(rendered)
+        markup = self._encode([self._expanded(piece) for piece in pieces[0::2]], split_special_tokens=False)
+        caller = self._encode([texts[int(index)] for index in pieces[1::2]], split_special_tokens=True)
+        ids = markup[0]
+        for text_ids, markup_ids in zip(caller, markup[1:], strict=True):
+            ids += text_ids + markup_ids
         return ids
 
-    def _markup_ids(self, markup: str) -> list[int]:
-        """The template's own text: its special tokens are real, and image placeholders expand."""
+    def _expanded(self, markup: str) -> str:
+        """The template's own text, its image placeholders expanded: its special tokens are real."""
         if self._image_sequence is not None:
-            markup = markup.replace(self._image_sequence.placeholder, self._image_sequence.expansion)
-        return self._tokenizer(markup, add_special_tokens=False)["input_ids"] if markup else []
+            return markup.replace(self._image_sequence.placeholder, self._image_sequence.expansion)
+        return markup
+
+    def _encode(self, texts: list[str], split_special_tokens: bool) -> list[list[int]]:
+        """Each of ``texts`` as token ids, in one tokenizer call under ``_TOKENIZING`` (an empty text is no ids)."""
+        wanted = [text for text in texts if text]
+        if not wanted:
+            return [[] for _ in texts]
+        with _TOKENIZING:
+            encoded = self._tokenizer(wanted, add_special_tokens=False, split_special_tokens=split_special_tokens)
+        ids = iter(encoded["input_ids"])
+        return [list(next(ids)) if text else [] for text in texts]

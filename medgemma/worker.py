@@ -3,7 +3,9 @@
 One ``Worker`` lives per process (created by ``handler.warmup``). Every failure a caller
 can cause or suffer becomes ``{"error": "<one sentence>"}`` and the worker carries on with
 the next job; a GPU fault also asks RunPod for a fresh worker (``refresh_worker``). Logs
-carry ids, sizes, token counts and timings only, never note text, prompts, answers or images.
+carry ids, sizes, token counts and timings only, never note text, prompts, answers, images or
+any other string the caller sent: an input error is logged as ``InputError.logged``, a job id
+as ``logged_id``.
 
 A job's input and output come in a dialect: the native one here, or OpenAI's chat
 completions (``medgemma.openai_api``). A dialect validates the input into a
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from medgemma.engines.base import Engine, EngineResult
-from medgemma.errors import GenerationFailed, HostError, InputError, MedGemmaError, redacted_traceback
+from medgemma.errors import GenerationFailed, HostError, InputError, MedGemmaError, logged_id, redacted_traceback
 from medgemma.request import GenerationRequest, parse_job_input
 from medgemma.settings import Settings
 from medgemma.structured import json_answer
@@ -119,7 +121,7 @@ class Worker:
         except MedGemmaError as error:
             yield dialect.failed(error, self._failed(job, error))
         except Exception as error:  # a bug, not the caller's fault: report it, keep serving
-            log.error("job %s failed unexpectedly:\n%s", job.get("id", "-"), redacted_traceback(error))
+            log.error("job %s failed unexpectedly:\n%s", logged_id(job.get("id", "-")), redacted_traceback(error))
             failure = GenerationFailed(
                 f"internal error ({type(error).__name__}) while serving this job; the worker keeps serving"
             )
@@ -131,7 +133,7 @@ class Worker:
         return parse_job_input(
             job.get("input"),
             self.settings,
-            job_id=str(job.get("id", "-")),
+            job_id=logged_id(job.get("id", "-")),
             vision=info.vision,
             mode_prompts=mode_prompts,
             adapters=[adapter.name for adapter in info.adapters],
@@ -194,8 +196,7 @@ class Worker:
     def _failed(job: dict[str, Any], error: MedGemmaError) -> dict[str, Any]:
         kinds = {InputError: "input", GenerationFailed: "generation", HostError: "host"}
         kind = next((name for cls, name in kinds.items() if isinstance(error, cls)), "worker")
-        # The message names a field and a limit, never the caller's data.
-        log.warning("job %s failed (%s error): %s", job.get("id", "-"), kind, error)
+        log.warning("job %s failed (%s error): %s", logged_id(job.get("id", "-")), kind, error.logged)
         failure: dict[str, Any] = {"error": str(error)}
         if isinstance(error, HostError):
             failure["refresh_worker"] = True  # RunPod replaces this worker after the job

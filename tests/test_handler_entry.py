@@ -21,3 +21,23 @@ def test_openmp_waits_passively_unless_told_otherwise(given, expected):
         env["OMP_WAIT_POLICY"] = given
     result = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, check=True, cwd=REPO, env=env)
     assert result.stdout.split() == [expected, "False"]
+
+
+LOGGED = (
+    "import logging, handler; settings = handler.logged_settings(); "
+    "logging.getLogger('medgemma.test').debug('a debug line'); "
+    "print(settings.log_level, logging.getLevelName(logging.getLogger().level))"
+)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"), [("debug", "debug DEBUG"), ("WARNING", "warning WARNING"), ("", "info INFO")]
+)
+def test_log_level_is_read_in_any_case(given, expected):
+    """LOG_LEVEL is checked with the other settings, then given to logging in its upper case."""
+    env = {**os.environ, "LOG_LEVEL": given}
+    result = subprocess.run(
+        [sys.executable, "-c", LOGGED], capture_output=True, text=True, check=True, cwd=REPO, env=env
+    )
+    assert result.stdout.strip() == expected
+    assert ("a debug line" in result.stderr) == (expected == "debug DEBUG")

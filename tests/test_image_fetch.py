@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import ipaddress
 import logging
+import re
 import socket
 import ssl
 import threading
@@ -27,12 +28,14 @@ import pytest
 import trustme
 from PIL import Image
 
+from medgemma.addresses import DENIED
 from medgemma.errors import InputError
-from medgemma.image_fetch import MAX_REDIRECTS, fetch_image, refusal
-from medgemma.images import encode_image, load_image
+from medgemma.image_fetch import MAX_REDIRECTS, fetch_image
+from medgemma.images import ImageBudget, encode_image, load_image
 from medgemma.request import parse_job_input
 from medgemma.settings import Settings
 from tests.conftest import run
+from tests.test_addresses import inside
 
 CERT_NAMES = ("images.test", "rebind.test", "127.0.0.1")
 NAMES = {  # the patched resolver's whole world
@@ -145,6 +148,12 @@ class ImageHandler(BaseHTTPRequestHandler):
 
     def route_short(self, query: dict) -> None:
         self._headers(length=len(IMAGE_PNG) + 1000)
+        self.wfile.write(IMAGE_PNG)
+
+    def route_slow_png(self, query: dict) -> None:
+        """The image, after ``delay`` seconds."""
+        time.sleep(float(query["delay"][0]))
+        self._headers(length=len(IMAGE_PNG))
         self.wfile.write(IMAGE_PNG)
 
     def route_stall(self, query: dict) -> None:
@@ -309,14 +318,20 @@ def connects(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple]]:
     assert not violations
 
 
+def fetched(url: str, settings: Settings, field: str = "image") -> Image.Image:
+    """One image of a job of its own: ``load_image`` with a fresh budget."""
+    return load_image(url, field, ImageBudget(settings))
+
+
 def refused(url: str, url_settings: Settings, match: str, field: str = "image") -> InputError:
     """Fetching ``url`` fails with InputError naming ``field``; the message never echoes the URL."""
     with pytest.raises(InputError, match=f"^{field}: ") as caught:
-        load_image(url, field, url_settings)
+        fetched(url, url_settings, field)
     message = str(caught.value)
     assert match in message, message
     parts = urlsplit(url)
-    assert not parts.hostname or parts.hostname not in message
+    # A refused block is named, e.g. (::1/128), which for one address reads as the address.
+    assert not parts.hostname or parts.hostname not in re.sub(r"\([0-9a-f.:]+/\d+\)", "", message)
     assert parts.path in ("", "/") or parts.path not in message
     return caught.value
 
@@ -326,7 +341,7 @@ def refused(url: str, url_settings: Settings, match: str, field: str = "image") 
 
 def test_an_https_url_is_fetched_and_decoded(tls_server, url_settings, connects, caplog):
     with caplog.at_level(logging.INFO, logger="medgemma.image_fetch"):
-        image = load_image(tls_server.url("/ok.png?sig=secret-token"), "image", url_settings)
+        image = fetched(tls_server.url("/ok.png?sig=secret-token"), url_settings)
     assert image.mode == "RGB" and image.size == IMAGE.size
     assert image.tobytes() == IMAGE.tobytes()
     assert connects == [("127.0.0.1", tls_server.port)]
@@ -336,7 +351,7 @@ def test_an_https_url_is_fetched_and_decoded(tls_server, url_settings, connects,
 
 
 def test_a_chunked_body_is_read_whole_and_capped(tls_server, url_settings):
-    assert load_image(tls_server.url("/chunked.png"), "image", url_settings).tobytes() == IMAGE.tobytes()
+    assert fetched(tls_server.url("/chunked.png"), url_settings).tobytes() == IMAGE.tobytes()
     tight = replace(url_settings, max_image_bytes=len(IMAGE_PNG) - 1)
     refused(tls_server.url("/chunked.png"), tight, f"larger than the limit of {len(IMAGE_PNG) - 1} bytes")
 
@@ -345,14 +360,14 @@ def test_redirects_on_the_same_scheme_are_followed(tls_server, url_settings):
     relative = tls_server.url("/redirect?to=/ok.png&status=301")
     absolute = tls_server.url("/redirect?to=" + quote(tls_server.url("/ok.png"), safe=""))
     for url in (relative, absolute):
-        assert load_image(url, "image", url_settings).tobytes() == IMAGE.tobytes()
+        assert fetched(url, url_settings).tobytes() == IMAGE.tobytes()
 
 
 def test_the_host_is_resolved_once_and_the_vetted_address_is_the_one_connected(
     tls_server, url_settings, lookups, connects
 ):
     # rebind.test answers 127.0.0.1 first and 10.0.0.7 after: a second lookup would reach it.
-    image = load_image(tls_server.url("/ok.png", host="rebind.test"), "image", url_settings)
+    image = fetched(tls_server.url("/ok.png", host="rebind.test"), url_settings)
     assert image.tobytes() == IMAGE.tobytes()
     assert lookups.count("rebind.test") == 1
     assert connects == [("127.0.0.1", tls_server.port)]
@@ -405,6 +420,35 @@ def test_a_slow_drip_is_cut_off_at_the_overall_deadline(tls_server, url_settings
     assert 0.9 < time.monotonic() - started < 3
 
 
+def test_a_job_s_fetches_share_one_deadline(tls_server, url_settings, connects):
+    # Each image answers in 0.6 s, inside the 1 s one fetch may take: eight of them took 4.8 s.
+    # The job's 1.8 s run out in the third fetch, however long the first two took beyond 0.6 s.
+    settings = replace(url_settings, image_url_deadline_s=1.0, image_url_job_deadline_s=1.8)
+    job = {"text": "Compare.", "images": [tls_server.url("/slow.png?delay=0.6")] * 8}
+    fetched(tls_server.url("/ok.png"), settings)  # the process's first fetch builds the TLS context
+    connects.clear()
+    started = time.monotonic()
+    with pytest.raises(InputError) as caught:
+        parse_job_input(job, settings)
+    took = time.monotonic() - started
+    assert str(caught.value) == (
+        "images[2]: the job's image URLs took longer than the limit of 1.8 s for all of them together"
+    )
+    assert 1.7 < took < 2.6, took  # cut off at the job's limit
+    assert len(connects) == 3  # the last five were never fetched
+
+
+def test_a_conversation_s_fetches_share_one_deadline(tls_server, url_settings):
+    settings = replace(url_settings, image_url_deadline_s=0.8, image_url_job_deadline_s=0.9)
+    part = {"type": "image_url", "image_url": {"url": tls_server.url("/slow.png?delay=0.3")}}
+    job = {"messages": [{"role": "user", "content": [part, {"type": "text", "text": "Compare."}, part, part]}]}
+    fetched(tls_server.url("/ok.png"), settings)  # the process's first fetch builds the TLS context
+    with pytest.raises(InputError, match=r"^messages\[0\]\.content\[3\]\.image_url: the job's image URLs took longer "):
+        parse_job_input(job, settings)
+    enough = replace(settings, image_url_job_deadline_s=3.0)
+    assert len(parse_job_input(job, enough).images) == 3
+
+
 def test_a_huge_body_is_refused_while_it_streams(tls_server, url_settings):
     capped = replace(url_settings, max_image_bytes=SMALL_CAP)
     refused(tls_server.url("/huge"), capped, f"larger than the limit of {SMALL_CAP} bytes")
@@ -444,7 +488,7 @@ def test_an_http_error_status_is_refused(tls_server, url_settings):
 def test_plain_http_is_refused_unless_allowed(http_server, url_settings):
     refused(http_server.url("/ok.png"), url_settings, "IMAGE_URL_ALLOW_HTTP=true")
     allowed = replace(url_settings, image_url_allow_http=True)
-    assert load_image(http_server.url("/ok.png"), "image", allowed).tobytes() == IMAGE.tobytes()
+    assert fetched(http_server.url("/ok.png"), allowed).tobytes() == IMAGE.tobytes()
 
 
 @pytest.mark.parametrize("allow_http", [False, True])
@@ -489,25 +533,26 @@ def test_bad_urls_are_refused_before_any_lookup(url_settings, lookups, url, prob
 @pytest.mark.parametrize(
     ("host", "reason"),
     [
-        ("private.test", "a private address"),
+        ("private.test", "a private address (10.0.0.0/8)"),
         ("metadata.test", "a cloud metadata address"),
         ("v6metadata.test", "a cloud metadata address"),
-        ("cgnat.test", "a shared (CGNAT) address"),
-        ("mapped.test", "a private address"),
-        ("mapped-metadata.test", "a cloud metadata address"),
-        ("mixed.test", "a private address"),
-        ("127.0.0.2", "a loopback address"),  # loopback, but not the one allowed
-        ("[::1]", "a loopback address"),
-        ("2130706434", "a loopback address"),  # 127.0.0.2 written as one number
-        ("0.0.0.0", "an unspecified address"),
-        ("169.254.1.1", "a link-local address"),
-        ("[fe80::1]", "a link-local address"),
-        ("224.0.0.1", "a multicast address"),
-        ("240.0.0.1", "a reserved address"),
-        ("[2002:a00:7::1]", "a private address"),  # 6to4 wrapping 10.0.0.7
-        ("[64:ff9b::a9fe:a9fe]", "a reserved address"),  # NAT64 of 169.254.169.254
-        ("192.168.1.1", "a private address"),
-        ("[fd12:3456::1]", "a private address"),
+        ("cgnat.test", "a shared (CGNAT) address (100.64.0.0/10)"),
+        ("mapped.test", "an IPv4-mapped address of a private address (10.0.0.0/8)"),
+        ("mapped-metadata.test", "an IPv4-mapped address of a cloud metadata address"),
+        ("mixed.test", "a private address (10.0.0.0/8)"),
+        ("127.0.0.2", "a loopback address (127.0.0.0/8)"),  # loopback, but not the one allowed
+        ("[::1]", "a loopback address (::1/128)"),
+        ("2130706434", "a loopback address (127.0.0.0/8)"),  # 127.0.0.2 written as one number
+        ("0.0.0.0", "an unspecified address (0.0.0.0/32)"),
+        ("169.254.1.1", "a link-local address (169.254.0.0/16)"),
+        ("[fe80::1]", "a link-local address (fe80::/10)"),
+        ("224.0.0.1", "a multicast address (224.0.0.0/4)"),
+        ("240.0.0.1", "a reserved address (240.0.0.0/4)"),
+        ("[2002:a00:7::1]", "a 6to4 address (2002::/16)"),  # 6to4 wrapping 10.0.0.7
+        ("[64:ff9b::a9fe:a9fe]", "a NAT64 address (64:ff9b::/96)"),  # NAT64 of 169.254.169.254
+        ("192.168.1.1", "a private address (192.168.0.0/16)"),
+        ("[fd12:3456::1]", "a private address (fc00::/7)"),
+        ("[fec0::1]", "a deprecated site-local address (fec0::/10)"),  # Python 3.11.7 calls it global
     ],
 )
 def test_hosts_resolving_to_non_public_addresses_are_refused(url_settings, lookups, connects, host, reason):
@@ -523,18 +568,57 @@ def test_a_redirect_to_a_private_or_metadata_address_is_refused(tls_server, url_
     assert set(connects) == {("127.0.0.1", tls_server.port)}  # only the test server was ever connected
 
 
-def test_metadata_addresses_stay_refused_even_when_their_network_is_allowed(url_settings):
-    link_local = replace(url_settings, image_url_allow_addresses=(ipaddress.ip_network("169.254.0.0/16"),))
-    refused("https://metadata.test/latest/", link_local, "a cloud metadata address")
+def url_host(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    return f"[{address}]" if address.version == 6 else str(address)
 
 
-@pytest.mark.parametrize("address", ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "8.8.8.8"])
-def test_public_addresses_pass_the_vetting(address):
-    assert refusal(ipaddress.ip_address(address), ()) is None
+def redirected_to(tls_server: Server, host: str) -> str:
+    """A URL of the test server that redirects to ``https://host/x.png``."""
+    return tls_server.url("/redirect?to=" + quote(f"https://{host}/x.png", safe=""))
+
+
+@pytest.mark.parametrize("block", DENIED, ids=lambda block: str(block.network))
+def test_every_refused_block_is_refused_through_a_redirect(tls_server, url_settings, lookups, connects, block):
+    """Each block of the table (tests/test_addresses.py picks an address only it holds), reached by a redirect."""
+    address = inside(block)
+    reason = block.reason if block.kind != "an IPv4-mapped address" else "an IPv4-mapped address of "
+    refused(redirected_to(tls_server, url_host(address)), url_settings, f"resolves to {reason}")
+    assert lookups[-1] == str(address) and set(connects) == {("127.0.0.1", tls_server.port)}
+
+
+@pytest.mark.parametrize(
+    ("allowed", "host", "reason"),
+    [
+        ("64:ff9b::/96", "[64:ff9b::a9fe:a9fe]", "a NAT64 address carrying a cloud metadata address"),
+        ("64:ff9b::/96", "[64:ff9b::10.0.0.7]", "a NAT64 address carrying a private address (10.0.0.0/8)"),
+        ("64:ff9b::/96", "[64:ff9b::100.100.100.200]", "a NAT64 address carrying a cloud metadata address"),
+        ("64:ff9b:1::/48", "[64:ff9b:1::a9fe:a9fe]", "a local-use NAT64 address carrying a cloud metadata address"),
+        (
+            "64:ff9b:1::/48",
+            "[64:ff9b:1:ab::192.168.0.1]",
+            "a local-use NAT64 address carrying a private address (192.168.0.0/16)",
+        ),
+        ("2002::/16", "[2002:a9fe:a9fe::1]", "a 6to4 address carrying a cloud metadata address"),
+        ("2002::/16", "[2002:ac10:1::1]", "a 6to4 address carrying a private address (172.16.0.0/12)"),
+        ("::/96", "[::10.0.0.7]", "an IPv4-compatible address carrying a private address (10.0.0.0/8)"),
+        ("::ffff:0:0/96", "[::ffff:169.254.169.254]", "an IPv4-mapped address of a cloud metadata address"),
+        ("169.254.0.0/16", "metadata.test", "a cloud metadata address"),
+    ],
+)
+def test_an_allow_listed_prefix_still_refuses_the_ipv4_address_it_carries(
+    tls_server, url_settings, connects, allowed, host, reason
+):
+    """An IPv6-only network must allow-list its NAT64 prefix: metadata and private IPv4 behind it stay out."""
+    widened = replace(
+        url_settings,
+        image_url_allow_addresses=(*url_settings.image_url_allow_addresses, ipaddress.ip_network(allowed)),
+    )
+    refused(redirected_to(tls_server, host), widened, f"resolves to {reason}; only public addresses are fetched")
+    assert set(connects) == {("127.0.0.1", tls_server.port)}
 
 
 def test_fetch_returns_the_raw_bytes(tls_server, url_settings):
-    assert fetch_image(tls_server.url("/ok.png"), "image", url_settings) == IMAGE_PNG
+    assert fetch_image(tls_server.url("/ok.png"), "image", url_settings, 60.0) == IMAGE_PNG
 
 
 # ---- through the real handler --------------------------------------------------------------------

@@ -23,6 +23,7 @@ from medgemma.sources import ModelSource
 from tests.conftest import REPO, TEST_ENV, run, start_local_worker, stop_local_worker
 
 JOB = json.dumps({"input": {"text": "SYNTHETIC NOTE. Stable.", "mode": "summarize"}})
+LEVELS = "debug, info, warning, error, critical"
 
 
 def test_input_run(extra_env: dict[str, str], tmp_path) -> subprocess.CompletedProcess:
@@ -51,6 +52,9 @@ def last_line(result: subprocess.CompletedProcess) -> str:
         ({"MAX_BATCH_SIZE": "0"}, "MAX_BATCH_SIZE must be at least 1, got 0"),
         ({"ENGINE": "tensorrt"}, "ENGINE must be one of transformers, vllm, auto, got 'tensorrt'"),
         ({"DTYPE": "float16"}, "DTYPE=float16 is refused"),
+        ({"LOG_LEVEL": "loud"}, f"LOG_LEVEL must be one of {LEVELS}, got 'loud'"),
+        # a lower-case level is a level: the run gets as far as the next bad setting
+        ({"LOG_LEVEL": "debug", "MAX_BATCH_SIZE": "0"}, "MAX_BATCH_SIZE must be at least 1, got 0"),
         (
             {"MODEL_ID": "google/medgemma-1.5-4b-it", "HF_HUB_OFFLINE": "1"},
             "no copy of google/medgemma-1.5-4b-it is cached and downloads are off",
@@ -75,14 +79,23 @@ def test_no_silent_cpu_when_cuda_was_asked_for(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_served_worker_that_cannot_start_answers_every_job_with_the_reason(tmp_path):
-    server = start_local_worker(tmp_path, {"MODEL_ID": "google/medgemma-1.5-4b-it", "HF_HUB_OFFLINE": "1",
-                                           "HF_HOME": str(tmp_path / "hf")})  # fmt: skip
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        (
+            {"MODEL_ID": "google/medgemma-1.5-4b-it", "HF_HUB_OFFLINE": "1"},
+            "no copy of google/medgemma-1.5-4b-it is cached",
+        ),
+        ({"LOG_LEVEL": "loud"}, f"LOG_LEVEL must be one of {LEVELS}, got 'loud'"),
+    ],
+)
+def test_a_served_worker_that_cannot_start_answers_every_job_with_the_reason(tmp_path, env, reason):
+    server = start_local_worker(tmp_path, {**env, "HF_HOME": str(tmp_path / "hf")})
     try:
         for _ in range(2):
             answer = requests.post(f"{server.url}/runsync", json={"input": {"text": "note"}}, timeout=60).json()
             assert answer["status"] == "FAILED"
-            assert answer["error"].startswith("worker cannot start: no copy of google/medgemma-1.5-4b-it is cached")
+            assert answer["error"].startswith(f"worker cannot start: {reason}")
     finally:
         log = stop_local_worker(server)
     assert log.count("worker cannot start:") == 1  # logged once, not per job
@@ -105,6 +118,17 @@ def test_a_host_failure_at_start_asks_for_a_fresh_worker(monkeypatch):
         "refresh_worker": True,
     }
     assert handler.concurrency_modifier(1) == 1
+
+
+def test_a_bad_log_level_is_answered_to_every_job(monkeypatch):
+    monkeypatch.setattr(handler, "WORKER", None)
+    monkeypatch.setattr(handler, "STARTUP_FAILURE", None)
+    monkeypatch.setenv("LOG_LEVEL", "loud")
+    assert handler.logged_settings() is None
+    assert handler.start_or_record_failure(None) is None
+    for _ in range(2):
+        answer = run(handler.handler({"id": "j", "input": {"text": "note"}}))
+        assert answer == {"error": f"worker cannot start: LOG_LEVEL must be one of {LEVELS}, got 'loud'"}
 
 
 def _hub_error(kind: type[Exception], status: int) -> Exception:

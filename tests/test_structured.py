@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import jsonschema
 import pytest
@@ -158,7 +159,7 @@ def _nested(depth: int) -> dict:
         (obj(x={"type": "date"}), "type must be one of"),
         (obj(x={"enum": []}), "enum must be a list of 1 to"),
         (obj(x={"type": "string", "format": "credit-card"}), "format must be one of"),
-        (obj(x={"type": "number", "minimum": "0"}), "minimum must be a number"),
+        (obj(x={"type": "number", "minimum": "0"}), "minimum must be a finite number"),
         ({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["b"]}, "required names 'b'"),
         (obj(x={"$ref": "#/$defs/missing"}), "$ref must name a schema under"),
         ({**obj(x={"$ref": "#/$defs/node"}), "$defs": {"node": obj(next={"$ref": "#/$defs/node"})}}, "recursive"),
@@ -194,6 +195,61 @@ def test_refs_are_expanded_and_listed_properties_close_the_object() -> None:
 def test_every_allowed_keyword_is_proven_enforced_below() -> None:
     covered = {keyword for keyword, *_ in ENFORCED}
     assert covered == ALLOWED - ANNOTATIONS
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
+@pytest.mark.parametrize("keyword", ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"])
+def test_a_bound_that_is_no_number_json_has_is_an_input_error_naming_its_path(keyword, literal) -> None:
+    """Python's json reads NaN, Infinity and overflowing numbers; the grammar's JSON has none (was "internal error")."""
+    schema = json.loads(f'{{"type": "object", "properties": {{"age": {{"type": "number", "{keyword}": {literal}}}}}}}')
+    with pytest.raises(InputError) as caught:
+        caller_spec(schema)
+    assert caught.value.field == "json_schema"
+    assert str(caught.value) == f"json_schema: json_schema/properties/age/{keyword} must be a finite number"
+    assert (
+        caught.value.logged
+        == f"json_schema: json_schema/properties/<property, 3 characters>/{keyword} must be a finite number"
+    )
+
+
+@pytest.mark.parametrize("keyword", ["enum", "const"])
+def test_an_enum_or_const_holding_nan_is_an_input_error_naming_its_path(keyword) -> None:
+    value = [1, float("nan")] if keyword == "enum" else {"a": [float("-inf")]}
+    with pytest.raises(InputError, match=f"json_schema/properties/x/{keyword} holds NaN or an infinite number"):
+        caller_spec(obj(x={keyword: value}))
+
+
+def test_multiple_of_must_be_positive() -> None:
+    with pytest.raises(InputError, match="json_schema/properties/x/multipleOf must be greater than 0"):
+        caller_spec(obj(x={"type": "number", "multipleOf": 0}))
+
+
+def _copied(copies: int) -> dict:
+    """A schema of about 14 kB whose one definition, a 256-value enum, is used ``copies`` times."""
+    codes = [f"code-{index:03}-{'x' * 40}" for index in range(256)]
+    properties = {f"p{index}": {"$ref": "#/$defs/code"} for index in range(copies)}
+    return {"type": "object", "properties": properties, "$defs": {"code": {"enum": codes}}}
+
+
+def test_the_expanded_grammar_is_bounded_by_max_grammar_chars() -> None:
+    """$ref expansion made a 14 kB schema a 1.3 MB grammar inside the node cap: every engine compiles it per job."""
+    from medgemma.request import parse_job_input
+    from medgemma.settings import DEFAULT_MAX_GRAMMAR_CHARS, Settings
+
+    schema = _copied(60)
+    assert len(json.dumps(schema)) < MAX_SCHEMA_CHARS
+    with pytest.raises(InputError) as caught:
+        caller_spec(schema)
+    assert caught.value.field == "json_schema"
+    assert re.fullmatch(
+        rf"json_schema: is \d+ characters as JSON once its \$refs are expanded, over the limit of "
+        rf"{DEFAULT_MAX_GRAMMAR_CHARS}; define fewer copies",
+        str(caught.value),
+    )
+    assert len(caller_spec(_copied(3)).grammar) < DEFAULT_MAX_GRAMMAR_CHARS  # a few copies fit
+    settings = Settings.from_env({"MAX_GRAMMAR_CHARS": "5000", "DUMMY_IMAGE": "false"})
+    with pytest.raises(InputError, match="over the limit of 5000"):
+        parse_job_input({"text": "Note.", "json_schema": _copied(1)}, settings)
 
 
 # -- the answer ------------------------------------------------------------------------

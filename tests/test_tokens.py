@@ -6,6 +6,9 @@ real Gemma 3 tokenizer and processor; the job tests run the real handler on each
 
 from __future__ import annotations
 
+import statistics
+import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +16,9 @@ import pytest
 from PIL import Image
 
 import handler
+from medgemma import tokens
 from medgemma.request import parse_job_input
+from medgemma.tokens import PromptBuilder
 from tests.conftest import run
 
 pytestmark = pytest.mark.model
@@ -111,6 +116,89 @@ def test_prompts_built_on_many_threads_at_once_are_the_prompts_built_alone(backe
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(lambda request: backend.prompts.build(request.messages()).ids, requests * 100))
     assert together == alone * 100
+
+
+class RecordingLock:
+    """Stands in for ``medgemma.tokens._TOKENIZING``: how many tokenizer calls each hold of it covers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.holds: list[int] = []
+        self.held = False
+        self.calls_outside = 0
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self.holds.append(0)
+        self.held = True
+
+    def __exit__(self, *exc: object) -> None:
+        self.held = False
+        self._lock.release()
+
+
+class CountingTokenizer:
+    """A tokenizer that tells ``lock`` of each call made through it."""
+
+    def __init__(self, tokenizer, lock: RecordingLock) -> None:
+        self._tokenizer, self._lock = tokenizer, lock
+
+    def __call__(self, *args, **kwargs):
+        if self._lock.held:
+            self._lock.holds[-1] += 1
+        else:
+            self._lock.calls_outside += 1
+        return self._tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._tokenizer, name)
+
+
+def largest_conversation(settings) -> list[dict]:
+    """MAX_PARTS parts: a system turn and seven turns of MAX_PARTS_PER_MESSAGE parts, all empty but one each."""
+    full = [{"type": "text", "text": ""}] * (settings.max_parts_per_message - 1) + [{"type": "text", "text": "q"}]
+    roles = ["system"] + ["user", "assistant"] * 3 + ["user"]
+    return [{"role": role, "content": full} for role in roles]
+
+
+def test_a_prompt_of_many_parts_holds_the_lock_for_two_tokenizer_calls(backend, settings, monkeypatch):
+    """The lock covered the whole build, with a tokenizer call for every text part: 449 here, in one hold."""
+    conversation = largest_conversation(settings)
+    assert sum(len(message["content"]) for message in conversation) == settings.max_parts
+    messages = parse_job_input({"messages": conversation}, settings).messages()  # the system turn's parts joined
+    plain = PromptBuilder(backend.tokenizer, backend.tokenizer.chat_template, None).build(messages).ids
+    lock = RecordingLock()
+    monkeypatch.setattr(tokens, "_TOKENIZING", lock)
+    builder = PromptBuilder(CountingTokenizer(backend.tokenizer, lock), backend.tokenizer.chat_template, None)
+    assert builder.build(messages).ids == plain
+    assert lock.holds == [1, 1] and lock.calls_outside == 0  # the markup, then the caller's text
+
+
+def test_a_benign_prompt_stays_fast_beside_a_prompt_of_many_parts(backend, settings):
+    """A prompt of 20,000 empty parts held the lock for its whole build (validation now refuses one, MAX_PARTS):
+    a benign prompt built meanwhile went from 0.002 s to 0.22 s."""
+    many = [{"role": "user", "content": [{"type": "text", "text": ""}] * 20_000 + [{"type": "text", "text": "q"}]}]
+    benign = request_for(settings).messages()
+    done = threading.Event()
+
+    def build_many() -> None:
+        while not done.is_set():
+            backend.prompts.build(many)
+
+    thread = threading.Thread(target=build_many)
+    thread.start()
+    try:
+        time.sleep(0.05)
+        seconds = []
+        for _ in range(20):
+            time.sleep(0.01)  # each build at another point of the other's
+            started = time.perf_counter()
+            backend.prompts.build(benign)
+            seconds.append(time.perf_counter() - started)
+    finally:
+        done.set()
+        thread.join()
+    assert statistics.median(seconds) < 0.05, seconds
 
 
 @pytest.mark.parametrize("field", ["text", "system_prompt"])
