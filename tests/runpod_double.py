@@ -63,11 +63,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from runpod.serverless.modules import rp_job
+
+from tests.double_http import Handler as _Handler
+from tests.double_http import Server as _Server
+from tests.double_http import send_json as _send
 
 MODEL = "double/medgemma-stand-in"
 MODEL_REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -211,7 +214,7 @@ class RunPodDouble:
         self._consecutive: collections.Counter[tuple[str, str]] = collections.Counter()
         self._rng = random.Random(0)
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.forwarded: list[dict[str, Any]] = []  # the job inputs the /openai/ route handed to the handler
 
@@ -577,43 +580,6 @@ class RunPodDouble:
             },
             "workers": {"idle": 1, "running": min(states["IN_PROGRESS"], 1)},
         }
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False  # keep-alive connections must not hold up shutdown
-    double: RunPodDouble
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body go out as separate writes; without this, Nagle plus
-        # delayed ACKs add ~40 ms to every keep-alive request.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def do_GET(self) -> None:
-        self.server.double.handle(self, "GET")
-
-    def do_POST(self) -> None:
-        self.server.double.handle(self, "POST")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: a test double has no business writing to the test's stderr."""
-
-
-def _send(handler: _Handler, code: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-    body = json.dumps(payload).encode("utf-8")
-    handler.send_response(code)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(body)))
-    for name, value in (headers or {}).items():
-        handler.send_header(name, value)
-    handler.end_headers()
-    handler.wfile.write(body)
 
 
 async def _sdk_job(handler: Callable[[dict[str, Any]], Any], job: dict[str, Any], put: Callable) -> None:

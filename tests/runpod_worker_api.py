@@ -42,7 +42,6 @@ import collections
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -50,12 +49,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from tests.conftest import REPO, SERVER_START_TIMEOUT_S
+from tests.double_http import Handler as _Handler
+from tests.double_http import Server as _Server
+from tests.double_http import send_json as _send
 
 #: The GPU type RunPod names in each URL's query string (``?gpu=...``); the SDK passes it through untouched.
 GPU = "DOUBLE"
@@ -255,41 +256,6 @@ class WorkerApiDouble:
         if not taken:
             return _send_empty(handler, 204)
         return _send(handler, 200, taken if batch else taken[0])
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False  # keep-alive connections must not hold up shutdown
-    double: WorkerApiDouble
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body go out as separate writes; without this, Nagle plus
-        # delayed ACKs add ~40 ms to every keep-alive request.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def do_GET(self) -> None:
-        self.server.double.handle(self, "GET")
-
-    def do_POST(self) -> None:
-        self.server.double.handle(self, "POST")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: a test double has no business writing to the test's stderr."""
-
-
-def _send(handler: _Handler, code: int, payload: Any) -> None:
-    body = json.dumps(payload).encode("utf-8")
-    handler.send_response(code)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(body)))
-    handler.end_headers()
-    handler.wfile.write(body)
 
 
 def _send_empty(handler: _Handler, code: int) -> None:
