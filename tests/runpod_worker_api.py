@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.conftest import REPO, SERVER_START_TIMEOUT_S
+from tests.conftest import REPO, SERVER_START_TIMEOUT_S, stop_local_worker
 from tests.double_http import Handler as _Handler
 from tests.double_http import Server as _Server
 from tests.double_http import send_json as _send
@@ -316,14 +316,9 @@ def start_loop_worker(api: WorkerApiDouble, directory: Path, extra_env: dict[str
 
 def stop_loop_worker(worker: LoopWorker) -> str:
     """SIGTERM (the SDK's loop finishes and exits), then nothing of its process group is left; returns its log."""
-    worker.process.terminate()
-    try:
-        worker.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        worker.process.kill()
-        worker.process.wait()
+    log = stop_local_worker(worker)  # type: ignore[arg-type]  # the same stop as a local API worker's: a process and a log
     try:
         os.killpg(worker.process.pid, signal.SIGKILL)  # a heartbeat process its parent did not take down
     except ProcessLookupError:
         pass
-    return worker.log()
+    return log
