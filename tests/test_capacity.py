@@ -2,6 +2,7 @@
 (typical jobs held by the KV cache, counted per layer group)."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -69,6 +70,7 @@ def test_max_model_len_defaults_to_the_longest_job_the_settings_accept(transform
     assert longest_job(Settings.from_env({}), medgemma, tokenizer, processor, image_tokens) == MAX_MODEL_LEN_DEFAULT
 
     limits = {"MAX_INPUT_CHARS": "100", "MAX_IMAGES": "2", "MAX_NEW_TOKENS_CAP": "64", "MAX_NEW_TOKENS": "12"}
+    limits["MAX_MESSAGES"] = "1"  # a text job: no more turns (the conversation's test is below)
     settings = Settings.from_env(limits)
     assert longest_job(settings, config, tokenizer, processor, image_tokens) == context  # the schema alone: 65k tokens
     roomy = copy.deepcopy(config)
@@ -83,3 +85,18 @@ def test_max_model_len_defaults_to_the_longest_job_the_settings_accept(transform
     prompt_tokens = len(backend.prompts.build(worst.messages()).ids)
     assert prompt_tokens + 64 <= bound
     assert bound - (prompt_tokens + 64) < 0.01 * bound  # a bound, not a guess
+
+
+@pytest.mark.model
+def test_the_longest_conversation_fits_too(transformers_worker):
+    """MAX_MESSAGES one-character turns: every turn's chat markup is in the bound."""
+    backend = transformers_worker.engine.backend
+    config, tokenizer, processor = backend.model.config, backend.tokenizer, backend.processor
+    limits = {"MAX_INPUT_CHARS": "100", "MAX_MESSAGES": "99", "MAX_IMAGES": "1", "MAX_NEW_TOKENS_CAP": "64"}
+    settings = Settings.from_env({**limits, "MAX_NEW_TOKENS": "12"})
+    roomy = copy.deepcopy(config)
+    roomy.get_text_config().max_position_embeddings = 10**7
+    bound = longest_job(settings, roomy, tokenizer, processor, 0)
+    turns = [{"role": ("user", "assistant")[k % 2], "content": RARE} for k in range(99)]
+    conversation = parse_job_input({"messages": turns, "max_tokens": 64}, replace(settings, dummy_image=False))
+    assert len(backend.prompts.build(conversation.messages()).ids) + 64 <= bound

@@ -55,12 +55,16 @@ def longest_job(settings: Settings, config: Any, tokenizer: Any, processor: Any,
 
     Its text: ``MAX_INPUT_CHARS`` (a note and its system prompt, or a conversation) and a caller's
     JSON schema, which is copied into the prompt. Its markup: a JSON summary job's prompt around a
-    one-character note (the longest built-in system prompt and answer format, the chat template).
-    A conversation of many short turns has more markup; over the bound, it is refused by ``messages``.
+    one-character note (the longest built-in system prompt and answer format, the chat template),
+    and the chat markup of ``MAX_MESSAGES`` - 1 more turns.
     """
     one_character = parse_job_input({"text": "x", "format": "json"}, replace(settings, dummy_image=False), vision=False)
     builder = PromptBuilder(tokenizer, (processor or tokenizer).chat_template, None)
     markup = len(builder.build(one_character.messages()).ids) - 1
+    turn = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
+    two_more = [*turn, {"role": "assistant", "content": turn[0]["content"]}, *turn]
+    per_turn = (len(builder.build(two_more).ids) - len(builder.build(turn).ids) - 2) / 2  # less their "x"s
+    markup += int((settings.max_messages - 1) * per_turn + 0.5)
     text_chars = settings.max_input_chars + MAX_SCHEMA_CHARS
     bound = longest_job_tokens(text_chars, markup, settings.max_images, image_tokens, settings.max_new_tokens_cap)
     return min(int(config.get_text_config().max_position_embeddings), bound)
