@@ -24,8 +24,8 @@ ENV PATH=/opt/venv/bin:$PATH
 
 # This image needs a GPU: DEVICE=cuda makes a worker without one stop with one line and
 # ask RunPod for another machine, instead of serving minutes-long jobs on the CPU.
-# ENGINE=vllm: a folder of notes is the main job, and vLLM does 2-3x the documents/s
-# (ENGINE=transformers starts 4-16x faster, for sporadic traffic).
+# ENGINE=vllm: a folder of notes is the main job, and vLLM does several times the documents/s
+# (ENGINE=transformers starts faster, for sporadic traffic; figures: docs/performance.md).
 # HF_HOME is where baked weights go; builder/start.sh moves it to a network volume when
 # nothing is baked. RUNPOD_LOG_LEVEL=INFO: at DEBUG the SDK logs every job's input.
 LABEL org.opencontainers.image.description="MedGemma on RunPod serverless; needs an NVIDIA GPU with a CUDA 13 driver"
