@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from client_fixtures import all_files, cli_env, counts_line, read_summary, run_cli, write_notes
-from runpod_double import MODEL, MODEL_REVISION, document_text, fake_answer, fake_summary, text_key
+from runpod_double import MODEL, MODEL_REVISION, TINY_PNG, document_text, fake_answer, fake_summary, text_key
 
 from client import IncompleteResultError, InvalidRequestError, JobFailedError, chat_message
 from client.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(60)
 NOTE = "Synthetic note: 63-year-old, COPD exacerbation, improved on nebulisers and prednisolone."
 QUESTION = "Which medicines were given?"
 SCAN_URL = "https://images.example.org/chest-xray.png"
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
+PNG = TINY_PNG  # a real image: the double decodes images as the worker does
 
 
 # ---- conversations ------------------------------------------------------------------------
@@ -74,7 +74,7 @@ def test_conversation_mistakes_are_refused_before_sending(arguments):
 
 
 def test_a_bad_conversation_is_the_workers_error(client):
-    with pytest.raises(JobFailedError, match="must end with a user turn"):
+    with pytest.raises(JobFailedError, match="messages: must end with a user message"):
         client.chat([chat_message("user", NOTE), chat_message("assistant", "Noted.")])
 
 

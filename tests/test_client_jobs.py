@@ -101,7 +101,7 @@ def test_failed_job_carries_the_worker_error(start_double, make_client, streamin
 
 
 def test_worker_validation_errors_surface_as_job_failures(client):
-    with pytest.raises(JobFailedError, match="'mode'"):
+    with pytest.raises(JobFailedError, match="mode: must be one of summarize, general, got 'translate'"):
         client.generate(NOTE, mode="translate")
 
 
