@@ -36,7 +36,7 @@ from typing import Any
 
 import handler  # noqa: F401  (first: it sets OMP_WAIT_POLICY=PASSIVE before torch loads, as the worker runs)
 from bench.common import REPO_ROOT, Report, Sample, apply_presets, command_line, pin_generation, sample, speedup
-from bench.cpu import load_documents
+from bench.documents import load_documents
 
 RESULTS_PATH = REPO_ROOT / "bench" / "RESULTS.md"
 BLOCK = "bench.adapters"

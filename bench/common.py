@@ -338,6 +338,26 @@ def _version(name: str) -> str:
         return "not installed"
 
 
+# A child's environment: the stand-in on CPU, offline, quiet; explicit so a
+# developer's shell or .env can't silently change what is measured.
+CHILD_ENV = {
+    "MODEL_ID": "",
+    "DEVICE": "cpu",
+    "QUANTIZATION": "",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+    "LOG_LEVEL": "WARNING",
+}
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    """A child process's environment: this one's, with ``CHILD_ENV``, the overrides, and the repo importable."""
+    env = {**os.environ, **CHILD_ENV, **overrides}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    return env
+
+
 def command_line(module: str) -> str:
     """The exact command that produced a table, so it can be rerun."""
     return f"python -m {module} {shlex.join(sys.argv[1:])}".rstrip()

@@ -68,7 +68,8 @@ def measure(worker: Any, job_input: dict[str, Any], request_id: str) -> FirstTok
 
 def run(args: argparse.Namespace, report: Report) -> None:
     import handler  # first: it sets OMP_WAIT_POLICY before torch is imported, as in production
-    from bench.cpu import CHILD_ENV, load_documents
+    from bench.common import CHILD_ENV
+    from bench.documents import load_documents
     from medgemma.settings import Settings
     from medgemma.worker import Worker
 

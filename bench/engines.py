@@ -40,8 +40,8 @@ from typing import Any
 
 import psutil
 
-from bench.common import REPO_ROOT, Report, Sample, Target, apply_presets, command_line, fmt_bytes, sample
-from bench.cpu import child_env, load_documents
+from bench.common import REPO_ROOT, Report, Sample, Target, apply_presets, child_env, command_line, fmt_bytes, sample
+from bench.documents import load_documents
 
 RESULTS_PATH = REPO_ROOT / "bench" / "RESULTS.md"
 CHILD_TIMEOUT_S = 3 * 3600

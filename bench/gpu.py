@@ -42,28 +42,20 @@ what was done):
    Ada/Hopper/Blackwell): cold start (``vllm.LLM(...)`` constructed to ready),
    TTFT and decode tok/s for one job, N jobs at once in docs/s, each vs the
    transformers engine in bf16 measured in the same run on the same token ids.
-   vLLM is started with the worker's own engine arguments
-   (``medgemma.engines.vllm.engine_kwargs``) plus ``skip_tokenizer_init`` (no
-   tokenizer offline) and fed ``TokensPrompt`` ids through ``LLM.generate``.
-   Prompts are text only on both engines here: vLLM's image path needs the HF
-   processor, which needs a tokenizer (``language_model_only`` leaves the vision
-   tower out). Compiled by default (the worker's ``ENFORCE_EAGER=false``; its
-   torch.compile and CUDA-graph capture count in the cold start), eager under
-   ``--quick`` or ``--vllm-eager``.
+   How vLLM is started and fed: ``bench.gpu_vllm``.
 
 Memory figures are the model's own: ``torch.cuda.memory_allocated`` after load
 minus before (weights), and ``max_memory_allocated`` during generation minus
 the allocation before the model was loaded (peak). The bf16 model stays
 resident for sections 6 and 8, so absolute figures would include it.
+
+The model and its prompts are ``bench.medgemma_shapes``'s, the measurement helpers and
+targets ``bench.gpu_measure``'s, the vLLM sections ``bench.gpu_vllm``'s.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import copy
-import gc
-import importlib.util
 import os
 import shutil
 import sys
@@ -71,7 +63,6 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +81,31 @@ from bench.common import (
     sample,
     speedup,
 )
-
-# Targets from the speed issue.
-BF16_DECODE_TARGET = Target(150, " tok/s")
-BATCH_TARGET = Target(4, "x")  # 8 concurrent, batched vs one at a time
-NAIVE_TARGET = Target(3, "x")  # ours vs naive, end-to-end per document
-NF4_WEIGHTS_TARGET = Target(4, " GB", at_least=False)
-PREQUANTIZED_TARGET = Target(2, "x")  # cold start, pre-quantized vs quantize at load
+from bench.gpu_measure import (
+    BATCH_TARGET,
+    BF16_DECODE_TARGET,
+    NAIVE_TARGET,
+    NF4_WEIGHTS_TARGET,
+    PREQUANTIZED_TARGET,
+    Device,
+    SingleJob,
+    concurrent_docs_per_second,
+    measure_single,
+    ours_load_kwargs,
+    timed_load,
+)
+from bench.gpu_vllm import VLLM_NOTE, EngineRows, VllmSections, vllm_installed
+from bench.medgemma_shapes import (
+    EOS_IDS,
+    PAD,
+    Shape,
+    as_loaded,
+    build_config,
+    build_model,
+    make_prepared,
+    naive_inputs,
+    naive_quantization,
+)
 
 # Defaults sized for ~8 min on one H100, and a smoke run; explicit options win over both.
 NORMAL = {"reps": 3, "prompt_len": 512, "new_tokens": 64, "concurrency": "1,4,8", "skip": "", "vllm_eager": False}
@@ -122,416 +131,15 @@ SECTIONS = (
     "vllm-fp8",
 )
 
-# MedGemma 1.5 4B (google/medgemma-1.5-4b-it), as in its config.json.
-BOS, BOI, EOI, IMAGE_TOKEN = 2, 255_999, 256_000, 262_144
-EOS_IDS, PAD = [1, 106], 0
-TEXT_SHAPES: dict[str, Any] = dict(
-    vocab_size=262_208,
-    hidden_size=2560,
-    num_hidden_layers=34,
-    num_attention_heads=8,
-    num_key_value_heads=4,
-    head_dim=256,
-    intermediate_size=10_240,
-    sliding_window=1024,
-    query_pre_attn_scalar=256,
-    max_position_embeddings=131_072,
-    rms_norm_eps=1e-6,
-    hidden_activation="gelu_pytorch_tanh",
-)
-VISION_SHAPES: dict[str, Any] = dict(
-    image_size=896,
-    patch_size=14,
-    hidden_size=1152,
-    num_hidden_layers=27,
-    intermediate_size=4304,
-    num_attention_heads=16,
-    layer_norm_eps=1e-6,
-    vision_use_head=False,
-)
-MM_TOKENS = 256
-SLIDING_PATTERN = 6  # 5 local layers then 1 global
-ROPE = {"global": 1_000_000.0, "local": 10_000.0, "linear_factor": 8.0}
-# Plumbing check without a GPU (--cpu-dry-run): the same code on toy shapes. Every width is
-# a multiple of 64: bitsandbytes' CPU 4-bit kernels quantize in blocks of 64 input features.
-TINY_TEXT: dict[str, Any] = {
-    **TEXT_SHAPES,
-    "hidden_size": 64,
-    "num_hidden_layers": 6,
-    "head_dim": 32,  # the smallest head vLLM's CPU attention serves
-    "intermediate_size": 128,
-    "sliding_window": 64,
-}
-TINY_VISION: dict[str, Any] = {
-    **VISION_SHAPES,
-    "image_size": 56,
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "intermediate_size": 64,
-    "num_attention_heads": 2,
-}
-TINY_MM_TOKENS = 4
-
 # Job set for batching and the naive comparison: prompt lengths spread around
 # --prompt-len, as real documents are, so left padding costs what it costs.
 JOB_LENGTH_FACTORS = (1.0, 0.8, 1.2, 0.9, 1.1, 0.75, 1.25, 0.95)
 
 
-# -- the model -------------------------------------------------------------------------------
-
-
-def build_config(tiny: bool, text_layers: int | None = None, vision_layers: int | None = None) -> Any:
-    """A Gemma3Config with MedGemma 1.5 4B's shapes (or toy shapes for the CPU dry run).
-
-    ``text_layers`` / ``vision_layers`` cut the depth and nothing else (a fast shape check);
-    a cut decoder still ends with a global-attention layer, so both kinds are exercised.
-    """
-    from transformers import Gemma3Config, Gemma3TextConfig, SiglipVisionConfig
-
-    shapes = dict(TINY_TEXT if tiny else TEXT_SHAPES)
-    vision_shapes = dict(TINY_VISION if tiny else VISION_SHAPES)
-    if vision_layers is not None:
-        vision_shapes["num_hidden_layers"] = vision_layers
-    layer_types = [
-        "full_attention" if (index + 1) % SLIDING_PATTERN == 0 else "sliding_attention"
-        for index in range(shapes["num_hidden_layers"])
-    ]
-    if text_layers is not None:
-        shapes["num_hidden_layers"] = text_layers
-        layer_types = layer_types[: text_layers - 1] + ["full_attention"]
-    common = dict(shapes, layer_types=layer_types, eos_token_id=EOS_IDS, pad_token_id=PAD, bos_token_id=BOS)
-    try:  # transformers 5: one rope dict per attention type
-        text = Gemma3TextConfig(
-            **common,
-            rope_parameters={
-                "full_attention": {
-                    "rope_type": "linear",
-                    "factor": ROPE["linear_factor"],
-                    "rope_theta": ROPE["global"],
-                },
-                "sliding_attention": {"rope_type": "default", "rope_theta": ROPE["local"]},
-            },
-        )
-    except TypeError:  # transformers 4.x spelling
-        text = Gemma3TextConfig(
-            **common,
-            rope_theta=ROPE["global"],
-            rope_local_base_freq=ROPE["local"],
-            rope_scaling={"rope_type": "linear", "factor": ROPE["linear_factor"]},
-        )
-    vision = SiglipVisionConfig(**vision_shapes)
-    return Gemma3Config(
-        text_config=text,
-        vision_config=vision,
-        mm_tokens_per_image=TINY_MM_TOKENS if tiny else MM_TOKENS,
-        boi_token_index=BOI,
-        eoi_token_index=EOI,
-        image_token_index=IMAGE_TOKEN,
-        eos_token_id=EOS_IDS,
-    )
-
-
-def build_model(config: Any, device: str) -> Any:
-    """Random-weight bf16 model created on the device itself (no minutes-long CPU init and copy)."""
-    import torch
-    from transformers import Gemma3ForConditionalGeneration
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Gemma3ForConditionalGeneration._from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
-    # HF zero-initialises the projector, which would make images a no-op.
-    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.02)
-    model.generation_config.eos_token_id, model.generation_config.pad_token_id = EOS_IDS, PAD
-    model.generation_config.bos_token_id = BOS
-    return model.eval()
-
-
-class _IdsOnlyTokenizer:
-    """What HFBackend needs from a tokenizer when prompts arrive as token ids."""
-
-    eos_token_id, pad_token_id, unk_token_id = EOS_IDS[0], PAD, 3
-
-    def convert_tokens_to_ids(self, tokens: list[str]) -> list[int]:
-        return [self.unk_token_id] * len(tokens)  # no thinking markers to strip
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return ""  # random weights: the text is meaningless, and decoding is not what is measured
-
-
-class _IdsOnlyProcessor:
-    """What HFBackend needs from a processor when prompts arrive as token ids (its prompt builder is unused)."""
-
-    tokenizer = _IdsOnlyTokenizer()
-    chat_template = ""
-    boi_token = full_image_sequence = "<start_of_image>"
-
-
-def as_loaded(model: Any, label: str, load_seconds: float, **overrides: Any) -> Any:
-    """Wrap a model in the worker's own HFBackend, so "ours" runs the worker's collate/generate code."""
-    from medgemma.engines.base import ModelInfo
-    from medgemma.engines.transformers import HFBackend
-
-    device = str(next(model.parameters()).device.type)
-    info = ModelInfo(
-        engine="transformers",
-        source=f"random-weights:{label}",
-        run_mode=f"{device}/{label}",
-        device=device,
-        dtype="bfloat16",
-        quantization=label,
-        load_seconds=round(load_seconds, 2),
-        context_length=int(model.config.get_text_config().max_position_embeddings),
-        vision=True,
-        max_concurrency=1,
-    )
-    loaded = HFBackend(_IdsOnlyProcessor(), model, info)
-    pin_generation(loaded, **overrides)
-    return loaded
-
-
-# -- prompts ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Shape:
-    """Everything that decides a prompt's cost."""
-
-    text_tokens: int
-    image: bool
-    new_tokens: int
-
-
-def make_prepared(shape: Shape, config: Any, seed: int) -> Any:
-    """A ``medgemma.engines.base.Prepared`` built from token ids, laid out like the chat template's output."""
-    import torch
-
-    from medgemma.engines.base import Prepared
-    from medgemma.request import GenerationRequest
-    from medgemma.tokens import Prompt
-
-    generator = torch.Generator().manual_seed(seed)
-    text = torch.randint(1000, 250_000, (shape.text_tokens,), generator=generator)
-    text[0] = BOS
-    types = torch.zeros_like(text)
-    pixels = None
-    if shape.image:  # system prompt, then the image, then the document, as the template puts them
-        head, tail = text[:16], text[16:]
-        mm = config.mm_tokens_per_image
-        image = torch.tensor([BOI] + [IMAGE_TOKEN] * mm + [EOI])
-        text = torch.cat([head, image, tail])
-        types = torch.zeros_like(text)
-        types[len(head) + 1 : len(head) + 1 + mm] = 1
-        size = config.vision_config.image_size
-        pixels = torch.ones((1, 3, size, size))  # a white image after (x - 0.5) / 0.5 normalisation
-    request = GenerationRequest(
-        text="(token ids)",
-        system_prompt="",
-        mode="summarize",
-        used_dummy_image=shape.image,
-        max_new_tokens=shape.new_tokens,
-    )
-    features = {"input_ids": text, "token_type_ids": types}
-    if pixels is not None:
-        features["pixel_values"] = pixels
-    return Prepared(request=request, prompt=Prompt(ids=text.tolist()), prepare_seconds=0.0, features=features)
-
-
-def naive_inputs(prepared: Any, device: Any, dtype: Any) -> dict[str, Any]:
-    """What ``processor(...).to(device, dtype)`` hands to ``generate`` in the original projects."""
-    inputs = {
-        "input_ids": prepared.features["input_ids"][None].to(device),
-        "attention_mask": prepared.features["input_ids"].new_ones((1, prepared.prompt_tokens)).to(device),
-        "token_type_ids": prepared.features["token_type_ids"][None].to(device),
-    }
-    if "pixel_values" in prepared.features:
-        inputs["pixel_values"] = prepared.features["pixel_values"].to(device, dtype=dtype)
-    return inputs
-
-
-# -- measurement --------------------------------------------------------------------------------------
-
-
-class Device:
-    """CUDA memory counters and sync, or no-ops for the CPU dry run."""
-
-    def __init__(self, name: str):
-        import torch
-
-        self.torch, self.name, self.cuda = torch, name, name == "cuda"
-
-    def sync(self) -> None:
-        if self.cuda:
-            self.torch.cuda.synchronize()
-
-    def allocated(self) -> int:
-        return self.torch.cuda.memory_allocated() if self.cuda else 0
-
-    def reset_peak(self) -> None:
-        if self.cuda:
-            self.torch.cuda.reset_peak_memory_stats()
-
-    def peak(self) -> int:
-        return self.torch.cuda.max_memory_allocated() if self.cuda else 0
-
-    def free(self) -> None:
-        gc.collect()
-        if self.cuda:
-            self.torch.cuda.empty_cache()
-
-    @property
-    def map(self) -> dict[str, Any]:
-        return {"": 0 if self.cuda else "cpu"}
-
-
-@dataclass
-class SingleJob:
-    ttft: Sample
-    rate: Sample
-    seconds: Sample
-    first_call_s: float
-    peak_bytes: int
-
-
-def measure_single(loaded: Any, prepared: Any, reps: int, device: Device, baseline: int) -> SingleJob:
-    """One job at a time through HFBackend.generate_batch; the first call (warm-up/compile) is timed apart."""
-    with Stopwatch() as first:
-        loaded.generate_batch([prepared])
-    device.reset_peak()
-    ttft, rate, seconds = [], [], []
-    for _ in range(reps):
-        completion = loaded.generate_batch([prepared])[0]
-        if completion.completion_tokens != prepared.request.max_new_tokens:
-            raise RuntimeError(f"expected {prepared.request.max_new_tokens} tokens, got {completion.completion_tokens}")
-        ttft.append(completion.time_to_first_token)
-        seconds.append(completion.generate_seconds)
-        rate.append(
-            decode_rate(completion.completion_tokens, completion.time_to_first_token, completion.generate_seconds)
-        )
-    return SingleJob(
-        sample(ttft, "s"), sample(rate, "tok/s"), sample(seconds, "s"), first.seconds, device.peak() - baseline
-    )
-
-
-def concurrent_docs_per_second(engine: Any, jobs: list[Any], max_batch_size: int) -> tuple[float, int]:
-    """N jobs submitted at once to the engine at ``max_batch_size``; returns (docs/s, largest batch it formed).
-
-    One long-lived engine (as in the worker) serves every measurement; only its
-    ``max_batch_size`` changes, which it reads afresh for every batch.
-    """
-
-    async def run() -> tuple[float, int]:
-        engine.max_batch_size = max_batch_size
-        started = time.perf_counter()
-        results = await asyncio.gather(*(engine.generate(job) for job in jobs))
-        wall = time.perf_counter() - started
-        return len(jobs) / wall, max(result.batch_size for result in results)
-
-    return asyncio.run(run())
-
-
-def timed_load(path: Path, device: Device, **kwargs: Any) -> tuple[Any, float]:
-    """``from_pretrained`` wall time, device work included."""
-    from transformers import AutoModelForImageTextToText
-
-    device.sync()
-    with Stopwatch() as watch:
-        model = AutoModelForImageTextToText.from_pretrained(str(path), local_files_only=True, **kwargs).eval()
-        device.sync()
-    return model, watch.seconds
-
-
-def ours_load_kwargs(quantization: str, device: Device) -> dict[str, Any]:
-    """The keyword arguments ``load_checkpoint`` passes for a bf16 checkpoint on CUDA."""
-    import torch
-
-    from medgemma.engines.hf_loading import model_load_kwargs
-
-    prequantized = quantization == "prequantized"
-    return model_load_kwargs(
-        "nf4" if prequantized else quantization,
-        torch.bfloat16,
-        "cuda" if device.cuda else "cpu",
-        prequantized=prequantized,
-    )
-
-
-# -- vLLM -------------------------------------------------------------------------------------------------
-
-
-def vllm_installed() -> bool:
-    return importlib.util.find_spec("vllm") is not None
-
-
-def save_text_only(model: Any, path: Path) -> None:
-    """The decoder alone as ``Gemma3ForCausalLM``, laid out as ``medgemma.standin``'s text-only stand-in.
-
-    What vLLM serves where torchvision is missing (its multimodal Gemma 3 imports it; PyPI
-    has no torchvision for CPU torch): the same decoder weights and shapes.
-    """
-    from safetensors.torch import save_file
-
-    text = copy.deepcopy(model.config.get_text_config())
-    text.architectures = ["Gemma3ForCausalLM"]
-    text.dtype = "bfloat16"
-    text.save_pretrained(path)
-    model.generation_config.save_pretrained(path)
-    weights = {
-        f"model.{name}": tensor.detach().cpu().contiguous()
-        for name, tensor in model.model.language_model.state_dict().items()
-    }
-    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
-
-
-def exact_tokens(new_tokens: int) -> Any:
-    """Greedy, exactly ``new_tokens`` tokens (EOS ignored), ids only: the transformers rows' work."""
-    from vllm import SamplingParams
-
-    return SamplingParams(
-        max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True, temperature=0.0, detokenize=False
-    )
-
-
-def vllm_generate(llm: Any, prompts: list[Any], new_tokens: int) -> tuple[list[Any], float]:
-    """``LLM.generate`` on token-id prompts; (outputs, wall seconds), every job checked for its token count."""
-    with Stopwatch() as watch:
-        outputs = llm.generate(prompts, exact_tokens(new_tokens), use_tqdm=False)
-    counts = {len(output.outputs[0].token_ids) for output in outputs}
-    if counts != {new_tokens}:
-        raise RuntimeError(f"vLLM generated {sorted(counts)} tokens per job, expected {new_tokens}")
-    return outputs, watch.seconds
-
-
-def vllm_single(llm: Any, prompt: Any, new_tokens: int, reps: int) -> SingleJob:
-    """One job at a time; TTFT is vLLM's own (request arrival to first token), decode rate its engine core's."""
-    with Stopwatch() as first:
-        vllm_generate(llm, [prompt], new_tokens)
-    ttft, rate, seconds = [], [], []
-    for _ in range(reps):
-        (output,), wall = vllm_generate(llm, [prompt], new_tokens)
-        stats = output.metrics  # filled because engine_kwargs sets disable_log_stats=False
-        if stats is None or not stats.first_token_ts:
-            raise RuntimeError("vLLM returned no request timings (RequestOutput.metrics)")
-        ttft.append(stats.first_token_latency)
-        rate.append(
-            decode_rate(new_tokens, stats.first_token_ts - stats.queued_ts, stats.last_token_ts - stats.queued_ts)
-        )
-        seconds.append(wall)
-    return SingleJob(sample(ttft, "s"), sample(rate, "tok/s"), sample(seconds, "s"), first.seconds, 0)
-
-
-@dataclass
-class EngineRows:
-    """One engine's side-by-side figures: cold start, one job, and docs/s per concurrency."""
-
-    start: Sample
-    single: SingleJob
-    docs_per_s: dict[int, Sample]
-
-
 # -- the run ----------------------------------------------------------------------------------------------
 
 
-class Run:
+class Run(VllmSections):
     """Sections share state (checkpoints on disk, the resident bf16 model) and one report."""
 
     def __init__(self, args: argparse.Namespace, report: Report, device: Device, scratch: Path):
@@ -552,12 +160,6 @@ class Run:
         self.vllm_rows: dict[str, EngineRows] = {}  # quantization -> vLLM's figures
         self.vllm_missing = "vllm not installed: vLLM rows skipped" if not vllm_installed() else "not run yet"
         self.started = time.perf_counter()
-
-    def engines_line(self) -> str:
-        """The report's plain statement of which engines this run measured."""
-        if self.vllm_rows:
-            return f"engines measured: transformers, vllm ({', '.join(self.vllm_rows)})"
-        return f"engines measured: transformers ({self.vllm_missing})"
 
     def job_set(self, count: int, image: bool = True) -> list[Any]:
         return [
@@ -597,18 +199,6 @@ class Run:
                 outcome = "failed"
         self.report.write()
         return outcome
-
-    def vllm_section(self, name: str, quantization: str) -> None:
-        """One vLLM engine (bf16 or fp8), last in priority order; the header says whether vLLM was measured."""
-        title = f"vLLM, {'bf16' if quantization == 'none' else quantization}, text only, vs transformers bf16"
-        if not vllm_installed():
-            self.section(name, title, lambda: self.report.add("skipped", "vllm is not installed"))
-        else:
-            outcome = self.section(name, title, lambda: self.vllm_engine(quantization))
-            if not self.vllm_rows:
-                self.vllm_missing = f"vllm installed, vLLM rows {outcome if outcome != 'done' else 'not served here'}"
-        self.report.machine[-1] = self.engines_line()
-        self.report.write()
 
     def add_single(self, label: str, result: SingleJob, decode_target: Target | None = None) -> None:
         add = self.report.add
@@ -735,7 +325,7 @@ class Run:
             "dtype": torch.float16,
             "attn_implementation": "eager",
             "device_map": self.device.map,
-            "quantization_config": _naive_quantization(),
+            "quantization_config": naive_quantization(),
         }
         model, load_s = timed_load(self.scratch / "bf16", self.device, **kwargs)
         model.generation_config.eos_token_id, model.generation_config.pad_token_id = EOS_IDS, PAD
@@ -855,152 +445,6 @@ class Run:
         finally:
             model.forward = original
 
-    # 9.
-    def vllm_prepare(self) -> None:
-        """Once, before the first vLLM engine: the transformers bf16 baseline, vLLM's checkpoint, then GPU room.
-
-        The resident bf16 model is measured on the same text-only prompts vLLM gets and then
-        released (nothing after vLLM needs it), so vLLM finds the GPU as the worker would.
-        """
-        import torch
-
-        from medgemma.engines.batching import BatchEngine
-
-        if self.bf16 is None:
-            raise RuntimeError("the resident bf16 model is gone: an earlier vLLM section failed part-way")
-        single = measure_single(self.bf16, make_prepared(self.text_shape, self.config, 1), self.reps, self.device, 0)
-        jobs = self.job_set(max(self.concurrency), image=False)
-        engine = BatchEngine(self.bf16, max(self.concurrency), 0.02)
-        rates: dict[int, list[float]] = {}
-        try:
-            concurrent_docs_per_second(engine, jobs, max(self.concurrency))  # warm-up at the largest batch shape
-            for _ in range(self.reps):
-                for n in self.concurrency:
-                    rates.setdefault(n, []).append(concurrent_docs_per_second(engine, jobs[:n], n)[0])
-        finally:
-            engine.close()
-        if importlib.util.find_spec("torchvision") is not None:
-            self.vllm_checkpoint = self.scratch / "bf16"  # the multimodal checkpoint; language_model_only at start
-        else:
-            self.vllm_checkpoint = self.scratch / "text-only"
-            save_text_only(self.bf16.model, self.vllm_checkpoint)
-            self.report.notes.append(
-                "vLLM: torchvision is not installed (its multimodal Gemma 3 imports it), so vLLM served the same "
-                "decoder saved as Gemma3ForCausalLM (as on CPU in the tests)"
-            )
-        self.bf16 = None
-        if self.device.cuda:
-            torch._dynamo.reset()  # compiled graphs (TORCH_COMPILE rows) would keep their CUDA-graph pools
-        self.device.free()
-        load_kwargs = {**ours_load_kwargs("none", self.device), "device_map": self.device.map}
-        model, load_s = timed_load(self.scratch / "bf16", self.device, **load_kwargs)
-        del model
-        self.device.free()
-        self.text_reference = EngineRows(
-            sample([load_s], "s"), single, {n: sample(values, "docs/s") for n, values in rates.items()}
-        )
-        add = self.report.add
-        add("transformers bf16 (ours): load bf16 checkpoint from local disk (from_pretrained, in this process)",
-            f"{load_s:.1f} s")  # fmt: skip
-        self.add_single("transformers bf16 (ours), batch 1, text only", single)
-        for n, docs in self.text_reference.docs_per_s.items():
-            add(f"transformers bf16 (ours), text only: N={n} at once through BatchEngine", docs.show(3))
-
-    def vllm_engine(self, quantization: str) -> None:
-        """Start vLLM with the worker's engine arguments on the bf16 checkpoint, measure it, shut it down."""
-        from vllm import LLM, TokensPrompt
-
-        from medgemma.engines import vllm as ours
-        from medgemma.settings import Settings
-        from medgemma.sources import ModelSource
-
-        device = self.device.name
-        if quantization == "fp8" and ours._quantization(Settings.from_env({}), device) != "fp8":
-            reason = "vLLM on CPU serves no fp8" if device == "cpu" else "this GPU has no fp8 tensor cores"
-            self.report.add("skipped", f"{reason} (QUANTIZATION's vLLM default here is none, i.e. bf16)")
-            return
-        if self.text_reference is None:
-            self.vllm_prepare()
-        assert self.vllm_checkpoint is not None and self.text_reference is not None
-        eager = self.args.vllm_eager
-        settings = Settings.from_env(
-            {"ENGINE": "vllm", "QUANTIZATION": quantization, "ENFORCE_EAGER": str(eager).lower(),
-             "VLLM_CPU_KVCACHE_SPACE": "1"}
-        )  # fmt: skip
-        source = ModelSource(str(self.vllm_checkpoint), f"random-weights:{self.vllm_checkpoint.name}", True)
-        kwargs = ours.engine_kwargs(settings, source, device, "bfloat16", quantization, vision=False)
-        kwargs["skip_tokenizer_init"] = True  # no tokenizer offline; prompts arrive as token ids
-        if self.vllm_checkpoint.name == "bf16":
-            kwargs["language_model_only"] = True  # text-only prompts: no vision tower, no HF processor
-        label = f"vLLM {'bf16' if quantization == 'none' else quantization}"
-        if self.device.cuda:
-            import torch
-
-            self.report.add(f"{label}: GPU memory free before start", fmt_bytes(torch.cuda.mem_get_info()[0]))
-        with Stopwatch() as watch:
-            llm = LLM(**kwargs)
-        try:
-            mode = "eager: enforce_eager" if eager else "compiled: torch.compile and CUDA-graph capture included"
-            self.report.add(f"{label}: cold start, LLM(...) to ready ({mode})", f"{watch.seconds:.1f} s")
-            cache = llm.llm_engine.vllm_config.cache_config
-            self.report.add(
-                f"{label}: KV cache (vLLM's report)",
-                f"{cache.kv_cache_size_tokens} tokens; {cache.kv_cache_max_concurrency or 0:.1f} requests of "
-                f"max_model_len {llm.llm_engine.model_config.max_model_len}",
-            )
-            prompt = TokensPrompt(prompt_token_ids=make_prepared(self.text_shape, self.config, 1).prompt.ids)
-            single = vllm_single(llm, prompt, self.args.new_tokens, self.reps)
-            self.report.add(f"{label}: first call (warm-up, not in the medians)", f"{single.first_call_s:.2f} s")
-            self.add_vllm_single(label, single)
-            prompts = [
-                TokensPrompt(prompt_token_ids=job.prompt.ids) for job in self.job_set(max(self.concurrency), False)
-            ]
-            vllm_generate(llm, prompts, self.args.new_tokens)  # warm-up at the largest load
-            rates: dict[int, list[float]] = {}
-            for _ in range(self.reps):
-                for n in self.concurrency:
-                    rates.setdefault(n, []).append(n / vllm_generate(llm, prompts[:n], self.args.new_tokens)[1])
-        finally:
-            llm.llm_engine.engine_core.shutdown()  # its processes end and give the GPU back
-            del llm
-            self.device.free()
-        rows = EngineRows(
-            sample([watch.seconds], "s"), single, {n: sample(values, "docs/s") for n, values in rates.items()}
-        )
-        for n, docs in rows.docs_per_s.items():
-            self.report.add(f"{label}: N={n} at once (LLM.generate)", docs.show(3))
-        self.vllm_rows[quantization if quantization != "none" else "bf16"] = rows
-        self.compare(label, rows, "transformers bf16", self.text_reference)
-        if label != "vLLM bf16" and "bf16" in self.vllm_rows:
-            self.compare(label, rows, "vLLM bf16", self.vllm_rows["bf16"])
-
-    def add_vllm_single(self, label: str, result: SingleJob) -> None:
-        add = self.report.add
-        add(f"{label}, batch 1, text only: time to first token", result.ttft.show(3))
-        add(
-            f"{label}, batch 1, text only: decode tokens/s", result.rate.show(1), BF16_DECODE_TARGET, result.rate.median
-        )
-        add(f"{label}, batch 1, text only: seconds per job ({self.args.new_tokens} tokens)", result.seconds.show(3))
-
-    def compare(self, label: str, rows: EngineRows, base_label: str, base: EngineRows) -> None:
-        """Ratios of ``rows`` over ``base``, measured in this run on the same token ids.
-
-        Above 1 means ``label`` is faster, except the cold start's (``label`` s / ``base`` s: above 1 is slower).
-        """
-        add = self.report.add
-        add(f"{label} vs {base_label}: one job, {base_label} s/job / {label} s/job",
-            f"{speedup(base.single.seconds, rows.single.seconds):.2f}x")  # fmt: skip
-        add(f"{label} vs {base_label}: decode tok/s, {label} / {base_label}",
-            f"{rows.single.rate.median / base.single.rate.median:.2f}x")  # fmt: skip
-        add(f"{label} vs {base_label}: time to first token, {base_label} / {label}",
-            f"{speedup(base.single.ttft, rows.single.ttft):.2f}x")  # fmt: skip
-        for n, docs in rows.docs_per_s.items():
-            if n in base.docs_per_s:
-                add(f"{label} vs {base_label}: N={n} at once, docs/s {label} / {base_label}",
-                    f"{docs.median / base.docs_per_s[n].median:.2f}x")  # fmt: skip
-        add(f"{label} vs {base_label}: cold start, {label} s / {base_label} s",
-            f"{rows.start.median / base.start.median:.2f}x")  # fmt: skip
-
     def _bf16_variant(self, label: str, **overrides: Any) -> None:
         if self.bf16_single is None:
             raise RuntimeError("needs the bf16 section")
@@ -1016,19 +460,6 @@ class Run:
             f"{label} vs plain bf16: plain s/job / this s/job",
             f"{speedup(self.bf16_single.seconds, result.seconds):.2f}x",
         )
-
-
-def _naive_quantization() -> Any:
-    """The original projects' BitsAndBytesConfig: nf4 with float16 compute."""
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.float16,
-    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -1064,13 +495,7 @@ def run(args: argparse.Namespace) -> None:
         f"lengths {args.prompt_len} x {', '.join(f'{factor:g}' for factor in JOB_LENGTH_FACTORS)}",
         "memory: the model's own (allocated after load minus before; peak during generation minus before load)",
         "quantize-at-load reads a bf16 checkpoint from local disk (page cache); from the hub it would also download 8.6 GB",
-        "vLLM rows: vllm.LLM(**medgemma.engines.vllm.engine_kwargs(...), skip_tokenizer_init=True) on the bf16 "
-        "checkpoint, fed the transformers rows' token ids as TokensPrompt, SamplingParams(min_tokens=max_tokens="
-        "--new-tokens, ignore_eos=True, temperature=0); TTFT is vLLM's first_token_latency (request arrival to first "
-        "token), decode tok/s from its engine-core token timestamps, s/job and docs/s from LLM.generate's wall time; "
-        "cold start is LLM(...) constructed (its processes, weights, compilation unless eager, KV cache) vs "
-        "transformers' in-process from_pretrained; no vLLM memory rows: vLLM takes GPU_MEMORY_UTILIZATION of the GPU "
-        "in its own process",
+        VLLM_NOTE,
     ]
     try:
         import bitsandbytes  # noqa: F401

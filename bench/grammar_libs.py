@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 from bench.common import REPO_ROOT, describe_machine
+from bench.sample_schemas import PROBLEMS
 from medgemma.structured import MAX_SUMMARY_ITEM_CHARS, SUMMARY_SCHEMA, SUMMARY_SECTIONS
 
 LIBS = ("xgrammar", "llguidance", "outlines", "lmfe")
@@ -47,29 +48,7 @@ def _unbounded(schema: dict) -> dict:
     return copy
 
 
-NESTED_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "patient": {
-            "type": "object",
-            "properties": {
-                "age": {"type": "integer", "minimum": 0, "maximum": 130},
-                "sex": {"enum": ["female", "male", "other", "unknown"]},
-            },
-            "required": ["age", "sex"],
-        },
-        "problems": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {"name": {"type": "string"}, "status": {"enum": ["active", "resolved"]}},
-                "required": ["name", "status"],
-            },
-            "maxItems": 8,
-        },
-    },
-    "required": ["patient", "problems"],
-}
+NESTED_SCHEMA = PROBLEMS
 
 SUMMARY_ANSWER = {
     "key_findings": ["BP 142/91 mmHg on admission, afebrile", "Troponin I 0.02 ng/mL (normal)"],

@@ -5,7 +5,7 @@
     python -m bench.kv_table --image-tokens 260    # don't load the stand-in's processor to count them
 
 No GPU and no engine: the KV-cache specs vLLM's attention layers report for MedGemma's text
-config (``bench.gpu``'s shapes: 34 layers of 4 KV heads x 256, 29 of them sliding-window
+config (``bench.medgemma_shapes``: 34 layers of 4 KV heads x 256, 29 of them sliding-window
 layers of 1024 tokens, every sixth one global) are built as
 ``vllm.model_executor.layers.attention.Attention.get_kv_cache_spec`` builds them on a GPU, and
 fed to the functions vLLM's engine core sizes its cache with (``get_kv_cache_configs``,
@@ -34,7 +34,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 from bench.common import GB, GIB, REPO_ROOT, Report, command_line
-from bench.gpu import TEXT_SHAPES, VISION_SHAPES, build_config
+from bench.medgemma_shapes import TEXT_SHAPES, VISION_SHAPES, build_config
 from bench.rehearsal import parameter_count
 from medgemma.engines.capacity import jobs_held
 from medgemma.settings import DEFAULT_GPU_MEMORY_UTILIZATION, Settings
@@ -75,7 +75,7 @@ LAYER_NAME = "language_model.model.layers.{}.self_attn.attn"
 
 
 def text_config() -> Any:
-    """MedGemma 1.5 4B's text config: ``bench.gpu.build_config``, the repo's one copy of its config.json."""
+    """MedGemma 1.5 4B's text config: ``bench.medgemma_shapes.build_config``, the repo's one copy of its config.json."""
     return build_config(tiny=False).text_config
 
 
@@ -423,7 +423,7 @@ def notes(image_tokens: int, allowance_bytes: int, settings: Settings) -> list[s
         "COMPUTED, NOT MEASURED (no GPU): vLLM's KV-cache planning functions (get_kv_cache_configs, "
         "generate_scheduler_kv_cache_config, get_kv_cache_capacity) on the specs its attention layers report; "
         "no engine started",
-        f"model: MedGemma 1.5 4B's text config (bench/gpu.py): {len(config.layer_types)} layers, "
+        f"model: MedGemma 1.5 4B's text config (bench/medgemma_shapes.py): {len(config.layer_types)} layers, "
         f"{config.num_key_value_heads} KV heads x {config.head_dim}, {sliding} sliding-window layers of "
         f"{config.sliding_window} tokens and {len(config.layer_types) - sliding} global ones",
         f"KV dtype bf16 (kv_cache_dtype=auto: the model's dtype; fp8 weights don't change it, only "

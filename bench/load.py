@@ -25,9 +25,7 @@ import base64
 import io
 import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -39,8 +37,9 @@ from typing import Any
 import psutil
 import requests
 
-from bench.common import REPO_ROOT, Report, Target, apply_presets, command_line, fmt_bytes
-from bench.cpu import CHILD_ENV, load_documents
+from bench.common import CHILD_ENV, REPO_ROOT, Report, Target, apply_presets, command_line, fmt_bytes
+from bench.documents import load_documents
+from bench.local_worker import LocalWorker, free_port, start_api_worker, stop_local_worker
 
 RESULTS_PATH = REPO_ROOT / "bench" / "RESULTS.md"
 SERVER_START_TIMEOUT_S = 600
@@ -128,46 +127,10 @@ def _png(rng: random.Random) -> str:
 # -- the server -------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(env_overrides: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_server(env_overrides: dict[str, str], log_path: Path) -> LocalWorker:
     """``python handler.py --rp_serve_api`` on a free loopback port, returned once it answers."""
-    port = free_port()
     env = {**os.environ, **SERVER_ENV, **env_overrides}
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the worker exited early (see {log_path})")
-        try:
-            if requests.get(f"{url}/docs", timeout=2).status_code < 500:
-                return process, url
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise RuntimeError("the worker did not answer in time")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    return start_api_worker(env, free_port(), log_path, SERVER_START_TIMEOUT_S)
 
 
 def sample_rss(pid: int, trace: RssTrace, stop: threading.Event) -> None:
@@ -327,8 +290,9 @@ def main(argv: list[str] | None = None) -> None:
     ]
     trace, stop = RssTrace(), threading.Event()
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-load-worker-{os.getpid()}.log"
-    process, url = start_server({"DUMMY_IMAGE": dummy}, log_path)
-    sampler = threading.Thread(target=sample_rss, args=(process.pid, trace, stop), daemon=True)
+    server = start_server({"DUMMY_IMAGE": dummy}, log_path)
+    url = server.url
+    sampler = threading.Thread(target=sample_rss, args=(server.process.pid, trace, stop), daemon=True)
     try:
         sampler.start()
         post(requests.Session(), url, Job({"text": "SYNTHETIC NOTE. Warm-up.", "max_new_tokens": 1}, False), -1)
@@ -345,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         stop.set()
         sampler.join()
-        stop_server(process)
+        stop_local_worker(server)
     report_rss(report, trace, len(jobs) * len(levels))
     report.write()
     print(report.markdown())

@@ -4,7 +4,7 @@
     python -m bench.rehearsal --steps float32 --workdir DIR     # one step, on a checkpoint already built
     python -m bench.rehearsal --text-layers 2 --vision-layers 1  # the suite's fast shape check (same widths)
 
-It builds a checkpoint with exactly MedGemma 1.5 4B's configuration (``bench.gpu``'s shapes:
+It builds a checkpoint with exactly MedGemma 1.5 4B's configuration (``bench.medgemma_shapes``:
 the 34-layer 2560-wide Gemma 3 decoder, the 27-layer SigLIP at 896 px, 262k vocabulary) and
 random bfloat16 weights, saved as MedGemma's own is, with the stand-in's tokenizer, chat
 template and processor (which have MedGemma's image geometry). Then, each step in a fresh
@@ -49,8 +49,8 @@ from typing import Any
 import psutil
 
 from bench.common import GIB, REPO_ROOT, Report, command_line, fmt_bytes
-from bench.cpu import load_documents
-from bench.gpu import TEXT_SHAPES, VISION_SHAPES
+from bench.documents import load_documents
+from bench.medgemma_shapes import TEXT_SHAPES, VISION_SHAPES
 
 RESULTS_PATH = REPO_ROOT / "bench" / "RESULTS.md"
 STEPS = ("build", "float32", "nf4", "prequantize", "prequantized")
@@ -124,7 +124,7 @@ class ChildMemory:
 
 
 def parameter_count(text_layers: int | None = None, vision_layers: int | None = None) -> int:
-    """Gemma3ForConditionalGeneration's parameters at ``bench.gpu``'s shapes, counted from them (no torch).
+    """Gemma3ForConditionalGeneration's parameters at ``bench.medgemma_shapes``'s shapes, counted from them (no torch).
 
     The rehearsal's parent never imports torch (it would hold ~1 GiB beside each step);
     ``tests/test_rehearsal.py`` holds this count to the built model's.
@@ -201,7 +201,7 @@ def run_step(step: str, spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 def build(spec: dict[str, Any]) -> dict[str, Any]:
     """MedGemma 1.5 4B's configuration, random bf16 weights, the stand-in's tokenizer and processor."""
-    from bench.gpu import build_config, build_model
+    from bench.medgemma_shapes import build_config, build_model
     from medgemma.settings import Settings
     from medgemma.standin import ensure_standin
 
@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
         block="bench.rehearsal" + ("-reduced" if reduced else ""),
     )
     report.notes += [
-        f"checkpoint: Gemma3ForConditionalGeneration with bench/gpu.py's MedGemma 1.5 4B shapes ({depth}), random "
+        f"checkpoint: Gemma3ForConditionalGeneration with bench/medgemma_shapes.py's MedGemma 1.5 4B shapes ({depth}), random "
         "bfloat16 weights, the stand-in's tokenizer, chat template and processor (896 px, 256 image tokens)",
         "each step runs in its own process; memory: that process's peak VmRSS and RssAnon from /proc, every 0.1 s "
         "(RSS includes the checkpoint's mapped file pages, which the kernel can drop; anonymous memory is what must fit)",

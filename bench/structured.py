@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO_ROOT, Report, Target, apply_presets, command_line, decode_rate, sample
+from bench.sample_schemas import PROBLEMS_LOOSE
 
 RESULTS_PATH = REPO_ROOT / "bench" / "RESULTS.md"
 TITLE = "Structured output: constrained vs free decoding, CPU, embedded stand-in model"
@@ -50,24 +51,7 @@ ENUMS = {
     },
     "required": ["severity", "admit", "reason"],
 }
-NESTED = {
-    "type": "object",
-    "properties": {
-        "patient": {
-            "type": "object",
-            "properties": {
-                "age": {"type": "integer", "minimum": 0, "maximum": 130},
-                "sex": {"enum": ["female", "male"]},
-            },
-            "required": ["age", "sex"],
-        },
-        "problems": {
-            "type": "array",
-            "items": {"type": "object", "properties": {"name": {"type": "string"}, "active": {"type": "boolean"}}},
-        },
-    },
-    "required": ["patient", "problems"],
-}
+NESTED = PROBLEMS_LOOSE
 
 
 class _TimedProcessors:
@@ -107,7 +91,8 @@ def _free_twin(job: dict[str, Any], settings: Any) -> dict[str, Any]:
 
 async def _run(args: argparse.Namespace, report: Report) -> None:
     import handler  # first: it sets OMP_WAIT_POLICY before torch is imported, as in production
-    from bench.cpu import CHILD_ENV, load_documents
+    from bench.common import CHILD_ENV
+    from bench.documents import load_documents
     from medgemma.settings import Settings
     from medgemma.structured import caller_spec, summary_spec
 

@@ -9,16 +9,13 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import requests
+
+from bench.local_worker import LocalWorker, free_port, start_api_worker, stop_local_worker
 
 pytest_plugins = ["client_fixtures"]
 
@@ -162,64 +159,19 @@ def worker_with_dummy(worker, monkeypatch):
     return with_dummy
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class LocalWorker:
-    process: subprocess.Popen
-    url: str
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 def start_local_worker(log_dir: Path, extra_env: dict[str, str] | None = None) -> LocalWorker:
-    """``python handler.py --rp_serve_api`` on a free loopback port; returns once it answers.
+    """``python handler.py --rp_serve_api`` on a free loopback port, with ``TEST_ENV``; returns once it answers.
 
-    Its output goes to a file (a pipe nobody drains would block a long-lived server).
+    Its output goes to a file in ``log_dir``; ``bench.local_worker`` starts and stops it, as for ``bench.load``.
     """
-    port = _free_port()
-    env = {**os.environ, **TEST_ENV, **(extra_env or {})}
-    log_path = log_dir / f"worker-{port}.log"
-    with open(log_path, "w") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its session id names every process it starts (tests/test_vllm_lifetime.py)
-        )
-    server = LocalWorker(process, f"http://127.0.0.1:{port}", log_path)
-    url = server.url
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"local worker exited early:\n{server.log()[-4000:]}")
-        try:
-            if requests.get(f"{url}/docs", timeout=2).status_code < 500:
-                return server
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise RuntimeError("local worker did not answer in time")
-
-
-def stop_local_worker(server: LocalWorker) -> str:
-    """Stop the server and return its log (tests check it carries no patient data)."""
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
-    return server.log()
+    port = free_port()
+    return start_api_worker(
+        {**os.environ, **TEST_ENV, **(extra_env or {})},
+        port,
+        log_dir / f"worker-{port}.log",
+        SERVER_START_TIMEOUT_S,
+        new_session=True,  # its session id names every process it starts (tests/test_vllm_lifetime.py)
+    )
 
 
 @pytest.fixture(scope="session")

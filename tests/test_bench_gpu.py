@@ -13,6 +13,7 @@ import pytest
 
 from bench import gpu
 from bench.common import Report
+from bench.gpu_measure import Device
 from tests.conftest import REPO
 
 
@@ -26,7 +27,7 @@ def test_quick_runs_vllm_eager_and_an_explicit_option_wins():
 def _run(tmp_path, argv: list[str]) -> gpu.Run:
     args = gpu.parse_args(["--cpu-dry-run", "--out", str(tmp_path), *argv])
     report = Report("t", "t", tmp_path / "RESULTS-gpu.md", machine=["machine"])
-    bench = gpu.Run(args, report, gpu.Device("cpu"), tmp_path)
+    bench = gpu.Run(args, report, Device("cpu"), tmp_path)
     report.machine.append(bench.engines_line())
     return bench
 

@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 from PIL import Image
 
-from bench.gpu import build_config
 from bench.kv_table import MAX_MODEL_LEN_DEFAULT
+from bench.medgemma_shapes import build_config
 from medgemma.engines.capacity import blocks_per_job, jobs_held, longest_job, longest_job_tokens
 from medgemma.errors import SettingsError
 from medgemma.images import encode_image

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 
-from bench.gpu import TEXT_SHAPES, build_config
+from bench.medgemma_shapes import TEXT_SHAPES, build_config
 from medgemma.engines.batching import BatchEngine
 from medgemma.engines.memory import KVCacheShape, system_memory, usable_bytes
 from medgemma.request import parse_job_input

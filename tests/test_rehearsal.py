@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from bench.common import GIB
-from bench.gpu import TEXT_SHAPES, VISION_SHAPES, build_config
+from bench.medgemma_shapes import TEXT_SHAPES, VISION_SHAPES, build_config
 from bench.rehearsal import ChildMemory, main, parameter_count, step_need
 from tests.conftest import REPO
 

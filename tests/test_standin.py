@@ -1,6 +1,6 @@
 """The stand-in's image path has MedGemma's geometry, so token counts and image costs are the real ones.
 
-MedGemma 1.5 4B's own figures are those ``bench/gpu.py`` builds its model with (from the
+MedGemma 1.5 4B's own figures are those ``bench/medgemma_shapes.py`` builds its model with (from the
 checkpoint's config.json): 896 px images, 14 px patches, 256 tokens per image.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bench.gpu import MM_TOKENS, VISION_SHAPES
+from bench.medgemma_shapes import MM_TOKENS, VISION_SHAPES
 from medgemma import standin
 from medgemma.request import parse_job_input
 from medgemma.sources import resolve_source

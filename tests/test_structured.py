@@ -15,6 +15,7 @@ import re
 import jsonschema
 import pytest
 
+from bench.sample_schemas import PROBLEMS_BOUNDED as NESTED
 from medgemma.errors import GenerationFailed, InputError
 from medgemma.structured import (
     ALLOWED,
@@ -31,30 +32,6 @@ from medgemma.structured import (
     summary_spec,
     vllm_params,
 )
-
-NESTED = {
-    "type": "object",
-    "properties": {
-        "patient": {
-            "type": "object",
-            "properties": {
-                "age": {"type": "integer", "minimum": 0, "maximum": 130},
-                "sex": {"enum": ["female", "male", "other", "unknown"]},
-            },
-            "required": ["age", "sex"],
-        },
-        "problems": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {"name": {"type": "string", "maxLength": 40}, "status": {"enum": ["active", "resolved"]}},
-                "required": ["name", "status"],
-            },
-            "maxItems": 3,
-        },
-    },
-    "required": ["patient", "problems"],
-}
 
 
 def obj(**properties) -> dict:

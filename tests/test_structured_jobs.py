@@ -13,6 +13,7 @@ from dataclasses import replace
 import jsonschema
 import pytest
 
+from bench.sample_schemas import MEDICATIONS as NESTED
 from medgemma.engines.batching import BatchEngine
 from medgemma.structured import SUMMARY_SCHEMA
 from medgemma.worker import Worker
@@ -29,32 +30,6 @@ ENUMS = {
         "follow_up_days": {"type": "integer", "minimum": 0, "maximum": 90},
     },
     "required": ["severity", "admitted", "follow_up_days"],
-}
-NESTED = {
-    "type": "object",
-    "properties": {
-        "patient": {
-            "type": "object",
-            "properties": {
-                "age": {"type": "integer", "minimum": 0, "maximum": 130},
-                "sex": {"enum": ["female", "male", "unknown"]},
-            },
-            "required": ["age", "sex"],
-        },
-        "medications": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string", "maxLength": 30},
-                    "dose": {"type": "string", "maxLength": 20},
-                },
-                "required": ["name", "dose"],
-            },
-            "maxItems": 2,
-        },
-    },
-    "required": ["patient", "medications"],
 }
 #: One budget for all, so they share a sampling key and batch: the summary closes in 39 tokens.
 BUDGET = 44
