@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from medgemma.adapters import ADAPTER_FILES
 from medgemma.errors import SettingsError
@@ -50,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     if model_id is None:
         sys.exit("download_model: PRELOAD_MODEL=true needs MODEL_ID, e.g. google/medgemma-1.5-4b-it")
     # (what, hub id, snapshot_download filters): the model unless it is a local directory, then the hub adapters
-    wanted = [("MODEL_ID", model_id, {"ignore_patterns": IGNORE_PATTERNS})] if not Path(model_id).is_dir() else []
+    wanted: list[tuple[str, str, SnapshotFilters]] = (
+        [("MODEL_ID", model_id, {"ignore_patterns": IGNORE_PATTERNS})] if not Path(model_id).is_dir() else []
+    )
     wanted += [
         (f"adapter {spec.name}", spec.source, {"allow_patterns": list(ADAPTER_FILES)})
         for spec in settings.adapters
@@ -81,7 +84,14 @@ def read_token(token_file: Path, model_id: str) -> str:
     return token
 
 
-def download(model_id: str, token: str, **filters: list[str]) -> Path:
+class SnapshotFilters(TypedDict, total=False):
+    """snapshot_download's allow/ignore patterns."""
+
+    allow_patterns: list[str]
+    ignore_patterns: list[str]
+
+
+def download(model_id: str, token: str, **filters: Unpack[SnapshotFilters]) -> Path:
     """snapshot_download (``filters``: its allow/ignore patterns) into HF_HOME's hub cache; one clear line on any failure."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError

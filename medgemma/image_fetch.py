@@ -22,6 +22,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -38,6 +39,12 @@ USER_AGENT = "medgemma-runpod-worker"
 HOST_CHARS = re.compile(r"[A-Za-z0-9._:-]+")  # a DNS name (IDNA-encoded) or an IP literal
 SCHEME_PROBLEM = "only https:// image URLs are fetched (besides base64 and data:image/... URLs)"
 HTTP_PROBLEM = "plain http:// image URLs are refused; use https:// (or set IMAGE_URL_ALLOW_HTTP=true)"
+#: A socket address as getaddrinfo gives it (IPv4, IPv6, or a raw family's).
+SockAddr = tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]
+#: One getaddrinfo answer: (family, type, proto, canonname, sockaddr).
+AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, SockAddr]
+#: One vetted address: what ``socket.socket`` and ``connect`` are given, (family, type, proto, sockaddr).
+Address = tuple[socket.AddressFamily, socket.SocketKind, int, SockAddr]
 
 
 @dataclass(frozen=True)
@@ -225,12 +232,12 @@ def _get(target: Target, field: str, settings: Settings, deadline: Deadline) -> 
         connection.close()
 
 
-def _resolve(target: Target, field: str, settings: Settings, deadline: Deadline) -> list[tuple]:
+def _resolve(target: Target, field: str, settings: Settings, deadline: Deadline) -> list[Address]:
     """Resolve once and vet every address; any refused address refuses the host.
 
     The lookup runs on a helper thread so the deadline bounds it (getaddrinfo has no timeout).
     """
-    found: list = []
+    found: list[Sequence[AddrInfo] | OSError | UnicodeError] = []
 
     def lookup() -> None:
         try:
@@ -246,7 +253,7 @@ def _resolve(target: Target, field: str, settings: Settings, deadline: Deadline)
         raise InputError(field, f"resolving the image URL's host took longer than {settings.image_url_timeout_s:g} s")
     if isinstance(found[0], BaseException) or not found[0]:
         raise InputError(field, "the image URL's host could not be resolved")
-    addresses = []
+    addresses: list[Address] = []
     for family, kind, proto, _, sockaddr in found[0]:
         reason = refusal(ipaddress.ip_address(sockaddr[0]), settings.image_url_allow_addresses)
         if reason is not None:
@@ -256,7 +263,7 @@ def _resolve(target: Target, field: str, settings: Settings, deadline: Deadline)
 
 
 def _connect(
-    target: Target, addresses: list[tuple], field: str, settings: Settings, deadline: Deadline
+    target: Target, addresses: list[Address], field: str, settings: Settings, deadline: Deadline
 ) -> socket.socket:
     """A connected socket to one of the vetted addresses; TLS verified for the hostname on https."""
     for family, kind, proto, sockaddr in addresses:

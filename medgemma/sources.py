@@ -29,6 +29,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from medgemma.settings import Settings
 
@@ -42,6 +43,13 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 HASH_SHOWN = 12  # characters of a snapshot's commit hash in the label
 
 
+class HubKwargs(TypedDict, total=False):
+    """What every ``from_pretrained`` / hub download of a source is given."""
+
+    local_files_only: bool
+    cache_dir: str
+
+
 @dataclass(frozen=True)
 class ModelSource:
     location: str  # what from_pretrained / vLLM is given: a hub id or a directory
@@ -49,9 +57,12 @@ class ModelSource:
     local_only: bool  # never ask the hub (a directory, or HF_HUB_OFFLINE)
     cache_dir: str | None = None  # the hub cache a download goes to (None: HF_HOME's)
 
-    def hub_kwargs(self) -> dict[str, object]:
+    def hub_kwargs(self) -> HubKwargs:
         """What every ``from_pretrained`` of this source is given."""
-        return {"local_files_only": self.local_only, **({"cache_dir": self.cache_dir} if self.cache_dir else {})}
+        kwargs = HubKwargs(local_files_only=self.local_only)
+        if self.cache_dir:
+            kwargs["cache_dir"] = self.cache_dir
+        return kwargs
 
 
 def resolve_source(settings: Settings) -> ModelSource:

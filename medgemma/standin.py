@@ -28,6 +28,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import Gemma3ForConditionalGeneration
 
 log = logging.getLogger(__name__)
 
@@ -175,14 +179,12 @@ def _memoised_gguf_reader() -> Iterator[None]:
     transformers re-reads the 262k-token header for the config, the tokenizer and
     the weights; caching the reader roughly halves the build.
     """
+    from unittest import mock
+
     import gguf
 
-    original = gguf.GGUFReader
-    gguf.GGUFReader = functools.lru_cache(maxsize=1)(original)
-    try:
+    with mock.patch.object(gguf, "GGUFReader", functools.lru_cache(maxsize=1)(gguf.GGUFReader)):
         yield
-    finally:
-        gguf.GGUFReader = original
 
 
 def _build_into(out_dir: Path) -> None:
@@ -222,7 +224,7 @@ def _build_into(out_dir: Path) -> None:
             num_hidden_layers=VISION_LAYERS,
             num_attention_heads=VISION_HEADS,
             intermediate_size=VISION_FFN,
-            vision_use_head=False,
+            vision_use_head=False,  # type: ignore[call-arg]  # SiglipVisionConfig's type omits it; it takes it
         ),
         mm_tokens_per_image=MM_TOKENS_PER_IMAGE,
         boi_token_index=tokenizer.convert_tokens_to_ids(BOI_TOKEN),
@@ -243,7 +245,7 @@ def _build_into(out_dir: Path) -> None:
         bos_token_id=tokenizer.bos_token_id,
         **GENERATION_DEFAULTS,
     )
-    model.to(torch.bfloat16).save_pretrained(out_dir)
+    model.to(torch.bfloat16).save_pretrained(out_dir)  # type: ignore[arg-type]  # transformers types .to as unbound
     _to_hub_layout(out_dir / WEIGHTS_FILE)
 
     processor = Gemma3Processor(
@@ -285,7 +287,7 @@ def hub_key(name: str) -> str:
     return name
 
 
-def _with_image_tokens(tokenizer, scratch: Path):
+def _with_image_tokens(tokenizer: Any, scratch: Path) -> Any:  # AutoTokenizer's classes: untyped
     """Add MedGemma's image token and name boi/eoi/image so Gemma3Processor finds them.
 
     Named multimodal tokens can only be registered when a tokenizer is loaded, so
@@ -306,7 +308,7 @@ def _with_image_tokens(tokenizer, scratch: Path):
     return reloaded
 
 
-def _copy_text_weights(source, target) -> None:
+def _copy_text_weights(source: Any, target: Gemma3ForConditionalGeneration) -> None:  # source: AutoModel's
     """Copy the 270M decoder into the multimodal model, padding the vocabulary."""
     import torch
 

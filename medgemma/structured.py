@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from medgemma.errors import FieldPath, GenerationFailed, InputError
 from medgemma.settings import DEFAULT_MAX_GRAMMAR_CHARS
@@ -381,9 +381,17 @@ def json_answer(text: str, finish_reason: str, max_new_tokens: int) -> JsonAnswe
 
 # -- the vLLM engine -----------------------------------------------------------------
 
+
+class VllmStructuredOutputs(TypedDict):
+    """The ``vllm.config.StructuredOutputsConfig`` arguments this worker starts vLLM with."""
+
+    backend: Literal["guidance"]
+    disable_any_whitespace: bool
+
+
 #: ``vllm.config.StructuredOutputsConfig`` arguments for the vLLM engine: the same library, the
 #: same compact format (no free whitespace, "," and ":" separators) as the transformers engine.
-VLLM_STRUCTURED_OUTPUTS = {"backend": "guidance", "disable_any_whitespace": True}
+VLLM_STRUCTURED_OUTPUTS: VllmStructuredOutputs = {"backend": "guidance", "disable_any_whitespace": True}
 
 
 def vllm_params(spec: JsonSpec) -> dict[str, Any]:

@@ -118,7 +118,11 @@ async def stream_deltas(generate: Generate, prepared: Prepared) -> AsyncIterator
     """
     loop = asyncio.get_running_loop()
     deltas: asyncio.Queue[str] = asyncio.Queue()
-    task = asyncio.ensure_future(generate(prepared, lambda text: loop.call_soon_threadsafe(deltas.put_nowait, text)))
+
+    def on_delta(text: str) -> None:
+        loop.call_soon_threadsafe(deltas.put_nowait, text)
+
+    task = asyncio.ensure_future(generate(prepared, on_delta))
     try:
         while True:
             getter = asyncio.ensure_future(deltas.get())

@@ -23,6 +23,7 @@ replace it). Nothing here imports torch: the backend does the model work.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import queue
 import threading
@@ -40,7 +41,12 @@ from medgemma.request import GenerationRequest, SamplingKey
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
+
+class _Stop(enum.Enum):
+    STOP = "stop"  # put in the inbox: the generation thread ends
+
+
+_STOP = _Stop.STOP
 
 #: The longest a batch waits, beyond batch_wait, for jobs still being tokenized.
 PREPARE_WAIT_SECONDS = 0.25
@@ -74,7 +80,7 @@ class Backend(Protocol):
 class _Job:
     prepared: Prepared
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future
+    future: asyncio.Future[Completion]
     on_delta: DeltaCallback | None
     enqueued_at: float = field(default_factory=time.perf_counter)
     batch_size: int = 1
@@ -101,7 +107,7 @@ class BatchEngine:
         self.batch_wait_seconds = batch_wait_seconds
         # BATCH_WAIT_MS=0 means "never wait for company", tokenizing jobs included.
         self.prepare_wait_seconds = prepare_wait_seconds if batch_wait_seconds > 0 else 0.0
-        self._inbox: queue.Queue = queue.Queue()
+        self._inbox: queue.Queue[_Job | _Stop] = queue.Queue()
         self._waiting: list[_Job] = []
         self._preparing = 0  # jobs being tokenized: they will be queued in a moment
         self._preparing_lock = threading.Lock()
@@ -199,7 +205,7 @@ class BatchEngine:
                 held = need
             elif not batch:
                 refused.append(job)
-                self._settle(job, error=_too_big(job, need, budget))
+                self._settle(job, _too_big(job, need, budget))
         if budget is not None and len(batch) + len(refused) < len(candidates):
             log.info(
                 "batch split to fit memory: %d of %d jobs now, KV cache %.2f GiB of %.2f GiB usable",
@@ -215,7 +221,7 @@ class BatchEngine:
             job.batch_size, job.queue_seconds = len(batch), round(now - job.enqueued_at, 4)
         if self._fault is not None:
             for job in batch:
-                self._settle(job, error=self._fault)
+                self._settle(job, self._fault)
             return
         try:
             completions = self.backend.generate_batch([job.prepared for job in batch], [job.on_delta for job in batch])
@@ -225,26 +231,28 @@ class BatchEngine:
                 for job in batch:
                     self._serve([job])
                 return
-            self._settle(batch[0], error=error)
+            self._settle(batch[0], error)
             return
         except Exception as error:  # never let one batch kill the thread
             self._fault = fault = host_fault(error)
             log.error("generation failed for a batch of %d:\n%s", len(batch), redacted_traceback(error))
             for job in batch:
-                self._settle(job, error=fault or GenerationFailed(f"generation failed: {type(error).__name__}"))
+                self._settle(job, fault or GenerationFailed(f"generation failed: {type(error).__name__}"))
             return
         for job, completion in zip(batch, completions, strict=True):
-            self._settle(job, result=completion)
+            self._settle(job, completion)
 
     @staticmethod
-    def _settle(job: _Job, result: Completion | None = None, error: Exception | None = None) -> None:
+    def _settle(job: _Job, outcome: Completion | Exception) -> None:
+        """Answer the job's caller, on its event loop: its completion, or the error it fails with."""
+
         def settle() -> None:
             if job.future.done():  # the caller went away (cancelled)
                 return
-            if error is not None:
-                job.future.set_exception(error)
+            if isinstance(outcome, Exception):
+                job.future.set_exception(outcome)
             else:
-                job.future.set_result(result)
+                job.future.set_result(outcome)
 
         try:
             job.loop.call_soon_threadsafe(settle)

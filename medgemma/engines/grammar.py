@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llguidance
 import llguidance.hf
@@ -23,11 +23,14 @@ from transformers import LogitsProcessor
 from medgemma.errors import GenerationFailed, InputError
 from medgemma.structured import JsonSpec
 
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions  # only in llguidance's stub
+
 #: Compiled grammars kept per worker (least recently used dropped first); each is small (KBs)
 #: but holds its lexer's states, which grow with use.
 MAX_CACHED_GRAMMARS = 64
 #: Compact JSON: no free whitespace, "," and ":" separators (vLLM: disable_any_whitespace).
-JSON_OPTIONS = {"whitespace_flexible": False}
+JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False}
 #: llguidance's default per-step work limits; error texts without grammar details (they could
 #: quote the caller's schema, and errors are logged).
 LIMITS = llguidance.LLParserLimits(verbose_errors=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
@@ -20,6 +20,9 @@ from medgemma.errors import HostError, SettingsError
 from medgemma.model_access import model_access_errors
 from medgemma.settings import Settings
 from medgemma.sources import ModelSource
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ class Runtime:
 @dataclass
 class LoadedCheckpoint:
     processor: Any
-    model: torch.nn.Module
+    model: PreTrainedModel  # from_pretrained's class for the checkpoint (a GenerationMixin too)
     runtime: Runtime
     load_seconds: float
 
@@ -78,13 +81,13 @@ def quantization_config(quantization: str, compute_dtype: torch.dtype) -> BitsAn
     return None
 
 
-def model_load_kwargs(quantization: str, dtype: torch.dtype, device: str, prequantized: bool = False) -> dict:
+def model_load_kwargs(quantization: str, dtype: torch.dtype, device: str, prequantized: bool = False) -> dict[str, Any]:
     """The ``from_pretrained`` keyword arguments for one run mode (the GPU benchmark loads with these too).
 
     A pre-quantized checkpoint carries its own quantization config, so none is passed;
     quantized weights are placed by ``device_map`` (bitsandbytes can't ``.to()``).
     """
-    kwargs: dict = {"dtype": dtype, "attn_implementation": "sdpa"}
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
     config = None if prequantized else quantization_config(quantization, dtype)
     if config is not None:
         kwargs["quantization_config"] = config

@@ -21,7 +21,7 @@ def model_modules(source: ModelSource) -> ModelModules:
         config = AutoConfig.from_pretrained(source.location, **source.hub_kwargs())
     vision = getattr(config, "vision_config", None) is not None
     with torch.device("meta"):
-        model = (AutoModelForImageTextToText if vision else AutoModelForCausalLM).from_config(config)
+        model = AutoModelForImageTextToText.from_config(config) if vision else AutoModelForCausalLM.from_config(config)
     decoder = model.get_decoder()
     prefix = next(name for name, module in model.named_modules() if module is decoder)
     linear = {

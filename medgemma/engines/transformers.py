@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -33,6 +33,11 @@ from medgemma.request import GenerationRequest, SamplingKey
 from medgemma.settings import DEFAULT_GPU_MEMORY_UTILIZATION, Settings
 from medgemma.sources import ModelSource
 from medgemma.tokens import ImageSequence, PromptBuilder
+
+if TYPE_CHECKING:
+    import llguidance
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +64,15 @@ class HFBackend:
     def __init__(
         self,
         processor: Any,
-        model: torch.nn.Module,
+        model: PreTrainedModel,
         info: ModelInfo,
         static_cache: bool = False,
         memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
         merge_adapters: bool = False,
     ):
         self.processor = processor
-        self.model = model
+        # With separate adapters, PEFT's wrapper, which passes attribute reads on to the model.
+        self.model: PreTrainedModel | PeftModel = model
         self.info = info
         self.kv_shape = KVCacheShape.from_text_config(model.config.get_text_config().to_dict(), info.dtype)
         self.memory_utilization = memory_utilization
@@ -200,7 +206,7 @@ class HFBackend:
         prompt = self.prompts.build(request.messages())
         check_context(len(prompt.ids), request.max_new_tokens, self.info.context_length, request.input_field)
         input_ids = torch.tensor(prompt.ids, dtype=torch.long)
-        features: dict[str, torch.Tensor] = {
+        features: dict[str, torch.Tensor | llguidance.LLMatcher] = {
             "input_ids": input_ids,
             "token_type_ids": (input_ids == self.image_token_id).long(),
         }
@@ -245,7 +251,8 @@ class HFBackend:
                 torch.manual_seed(key.seed)
             started = time.perf_counter()
             try:
-                self.model.generate(
+                # from_pretrained's class is a GenerationMixin; PreTrainedModel's type has no generate.
+                cast(Callable[..., Any], self.model.generate)(
                     **inputs,
                     generation_config=self._generation_config(key),
                     streamer=streamer,
@@ -324,7 +331,8 @@ class _DecoderStopped(StoppingCriteria):
         self._decoders = decoders
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        return torch.tensor([decoder.stopped for decoder in self._decoders], device=input_ids.device)
+        stopped = torch.tensor([decoder.stopped for decoder in self._decoders], device=input_ids.device)
+        return cast(torch.BoolTensor, stopped)  # a bool tensor; torch types its constructors as Tensor
 
 
 class _BatchStreamer(BaseStreamer):

@@ -265,7 +265,8 @@ def _saved_quantization(config: Any) -> str | None:
         return None
     quant = quant if isinstance(quant, dict) else quant.to_dict()
     if quant.get("load_in_4bit"):
-        return quant.get("bnb_4bit_quant_type", "4bit")
+        method: str = quant.get("bnb_4bit_quant_type", "4bit")
+        return method
     return str(quant.get("quant_method", "quantized"))
 
 
@@ -356,7 +357,7 @@ class VllmEngine:
         config: Any,
         info: ModelInfo,
     ):
-        self.llm = llm
+        self.llm: AsyncLLM | None = llm  # None once closed
         self.info = info
         self.tokenizer = tokenizer
         self.sampling_hook: Callable[[SamplingKey], dict[str, Any]] | None = None
@@ -394,7 +395,7 @@ class VllmEngine:
         check_context(len(prompt.ids), request.max_new_tokens, self.info.context_length, request.input_field)
         if request.structured:  # vLLM compiles it in its engine process; a bad one is refused here, by field
             check_grammar(request.structured)
-        features: dict[str, Any] = TokensPrompt(prompt_token_ids=prompt.ids)
+        features = TokensPrompt(prompt_token_ids=prompt.ids)
         if prompt.images and self._vllm_prompts is not None:
             features = TokensPrompt(
                 prompt_token_ids=self._vllm_prompts.build(messages).ids, multi_modal_data={"image": prompt.images}
@@ -414,7 +415,7 @@ class VllmEngine:
             started = time.perf_counter()
             lora = LoRARequest(adapter.name, len(self._loras) + 1, adapter.path)
             try:
-                self.call(self.llm.add_lora(lora)).result()
+                self.call(self._running.add_lora(lora)).result()
             except Exception as error:
                 raise SettingsError(
                     f"ADAPTERS: vLLM could not load adapter {adapter.name!r} ({adapter.source}): {_first_line(error)}"
@@ -426,7 +427,14 @@ class VllmEngine:
             )  # fmt: skip
         self.info = replace(self.info, adapters=(*self.info.adapters, *adapters))
 
-    def call(self, coroutine: Coroutine[Any, Any, Any]) -> Future:
+    @property
+    def _running(self) -> AsyncLLM:
+        """``self.llm``; once closed, the AttributeError that reading it on None would give."""
+        if self.llm is None:
+            raise AttributeError("the vLLM engine is closed")
+        return self.llm
+
+    def call(self, coroutine: Coroutine[Any, Any, Any]) -> Future[Any]:
         """Run ``coroutine`` on the engine's loop, where ``self.llm`` lives (tests and benchmarks use AsyncLLM directly)."""
         return self._loop.submit(coroutine)
 
@@ -471,11 +479,12 @@ class VllmEngine:
         first_token_at: float | None = None
         batch_size, queue_seconds = 1, 0.0
         try:
-            (engine_input,) = await self.llm.renderer.render_cmpl_async(
-                [parse_model_prompt(self.llm.model_config, prepared.features)]
+            llm = self._running
+            (engine_input,) = await llm.renderer.render_cmpl_async(
+                [parse_model_prompt(llm.model_config, prepared.features)]
             )
             lora = self._loras.get(prepared.request.adapter or "")
-            outputs = self.llm.generate(engine_input, params, f"medgemma-{next(self._ids)}", lora_request=lora)
+            outputs = llm.generate(engine_input, params, f"medgemma-{next(self._ids)}", lora_request=lora)
             async with contextlib.aclosing(outputs):  # leaving early (a stop string) aborts the request
                 async for output in outputs:
                     tokens = output.outputs[0].token_ids
@@ -523,7 +532,7 @@ class _EngineLoop:
         self._thread = threading.Thread(target=self._loop.run_forever, name="medgemma-vllm", daemon=True)
         self._thread.start()
 
-    def submit(self, coroutine: Coroutine[Any, Any, Any]) -> Future:
+    def submit(self, coroutine: Coroutine[Any, Any, Any]) -> Future[Any]:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
