@@ -29,11 +29,11 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-# OpenMP's default spin-waiting keeps torch's CPU threads busy between parallel regions;
-# with anything else running on a small machine, CPU jobs were 4-11x slower. PASSIVE costs
-# 1-14% on a quiet, dedicated CPU machine (docs/performance.md), where OMP_WAIT_POLICY=ACTIVE
-# wins it back. It only takes effect if set before torch is first imported, which warmup()
-# does; an explicit value wins.
+# OpenMP's default spin-waiting keeps torch's CPU threads busy between parallel regions, which
+# made CPU jobs several times slower beside anything else on a small machine; PASSIVE costs a
+# little on a quiet, dedicated one, where OMP_WAIT_POLICY=ACTIVE wins it back (figures:
+# docs/performance.md). It only takes effect if set before torch is first imported, which
+# warmup() does; an explicit value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from medgemma import openai_api  # noqa: E402

@@ -1,7 +1,7 @@
 """Choosing and starting the engine a deployment runs (``ENGINE``).
 
-``transformers`` starts 4-16x faster (sporadic traffic); ``vllm`` does 2-3x the documents
-per second under concurrent load (folders, steady traffic). ``auto`` picks vLLM when it is
+``transformers`` starts faster (sporadic traffic); ``vllm`` does several times the documents
+per second under concurrent load (folders, steady traffic); docs/performance.md has the figures. ``auto`` picks vLLM when it is
 installed and CUDA is present, transformers otherwise. Each engine module imports its heavy
 libraries only when it is chosen.
 """

@@ -1,9 +1,9 @@
 """Loading a checkpoint with transformers: device, dtype and quantization, chosen once.
 
 Defaults: nf4 + bfloat16 on CUDA; no quantization + float32 on CPU, where bfloat16 matmuls
-without native support run ~2.6x slower end to end (measured on the stand-in on 2 AVX2
-cores). A pre-quantized checkpoint (``builder/prequantize.py``) carries its own quantization
-config and computes in the dtype it was saved with.
+without native support are several times slower (docs/performance.md). A pre-quantized
+checkpoint (``builder/prequantize.py``) carries its own quantization config and computes in the
+dtype it was saved with.
 """
 
 from __future__ import annotations

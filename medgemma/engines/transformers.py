@@ -1,7 +1,7 @@
 """The transformers engine: Hugging Face ``generate`` on static batches (``BatchEngine``).
 
-Its strengths are a cold start 4-16x faster than vLLM's (what sporadic serverless traffic
-pays for), images on CPU, and the pre-quantized nf4 path. ``HFBackend.prepare`` turns a
+Its strengths are a cold start several times faster than vLLM's (what sporadic serverless
+traffic pays for; docs/performance.md), images on CPU, and the pre-quantized nf4 path. ``HFBackend.prepare`` turns a
 request into prompt tensors with the shared ``medgemma.tokens`` builder; ``generate_batch``
 decodes several prompts together with left padding and reports, per row, the answer with
 thinking stripped (``medgemma.decoding``), token counts and the finish reason.
@@ -118,10 +118,7 @@ class HFBackend:
             load_seconds=checkpoint.load_seconds,
             context_length=int(checkpoint.model.config.get_text_config().max_position_embeddings),
             vision=True,
-            # As many jobs as one batch holds, on CPU too: with 64-token answers 8 concurrent jobs
-            # were 1.64x the documents/s of one at a time, and the last of 16 sent together
-            # finished in 134 s against 221 s (bench/RESULTS.md, bench.load); a lone job is a
-            # batch of one either way. Only very short answers (2-4 tokens) lose (0.84x).
+            # As many jobs as one batch holds: batching pays on CPU too (docs/performance.md).
             max_concurrency=settings.max_batch_size,
             revision=provenance.revision(source),
         )
