@@ -3,7 +3,7 @@
 Pure Python, no torch or grammar library: request validation imports and tests in
 milliseconds. The grammar is compiled and enforced by llguidance inside the engines
 (``medgemma/engines/grammar.py`` for transformers; vLLM's structured outputs with its
-``guidance`` backend, through ``VLLM_STRUCTURED_OUTPUTS`` and ``vllm_params``, for vLLM),
+``guidance`` backend, set up in ``medgemma/engines/vllm.py``, for vLLM),
 both from ``JsonSpec.grammar``, so both engines enforce the same schema in the same
 compact format. Why llguidance: docs/structured-output.md.
 
@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any
 
 from medgemma.errors import FieldPath, GenerationFailed, InputError
 from medgemma.settings import DEFAULT_MAX_GRAMMAR_CHARS
@@ -379,21 +379,6 @@ def json_answer(text: str, finish_reason: str, max_new_tokens: int) -> JsonAnswe
     return JsonAnswer(None, "length", INCOMPLETE.format(limit=max_new_tokens))
 
 
-# -- the vLLM engine -----------------------------------------------------------------
-
-
-class VllmStructuredOutputs(TypedDict):
-    """The ``vllm.config.StructuredOutputsConfig`` arguments this worker starts vLLM with."""
-
-    backend: Literal["guidance"]
-    disable_any_whitespace: bool
-
-
-#: ``vllm.config.StructuredOutputsConfig`` arguments for the vLLM engine: the same library, the
-#: same compact format (no free whitespace, "," and ":" separators) as the transformers engine.
-VLLM_STRUCTURED_OUTPUTS: VllmStructuredOutputs = {"backend": "guidance", "disable_any_whitespace": True}
-
-
-def vllm_params(spec: JsonSpec) -> dict[str, Any]:
-    """``vllm.sampling_params.StructuredOutputsParams`` arguments for one job."""
-    return {"json": spec.grammar}
+#: Both engines write JSON compact: no free whitespace, "," and ":" separators (llguidance's
+#: ``whitespace_flexible`` off in medgemma/engines/grammar.py, vLLM's ``disable_any_whitespace`` on).
+COMPACT_JSON = True

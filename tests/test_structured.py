@@ -25,12 +25,10 @@ from medgemma.structured import (
     MAX_SCHEMA_DEPTH,
     SUMMARY_SCHEMA,
     SUMMARY_SECTIONS,
-    VLLM_STRUCTURED_OUTPUTS,
     caller_spec,
     json_answer,
     json_spec,
     summary_spec,
-    vllm_params,
 )
 
 
@@ -251,9 +249,10 @@ def test_a_stop_without_a_complete_object_is_a_failure_not_an_answer() -> None:
 
 
 def test_vllm_gets_the_same_schema_text_and_library() -> None:
+    vllm_engine = pytest.importorskip("medgemma.engines.vllm")
     spec = caller_spec(NESTED)
-    assert json.loads(vllm_params(spec)["json"]) == spec.schema
-    assert VLLM_STRUCTURED_OUTPUTS == {"backend": "guidance", "disable_any_whitespace": True}
+    assert json.loads(vllm_engine.structured_params(spec).json) == spec.schema
+    assert vllm_engine.STRUCTURED_OUTPUTS == {"backend": "guidance", "disable_any_whitespace": True}
 
 
 # -- the grammar, on the stand-in's tokenizer ----------------------------------------------

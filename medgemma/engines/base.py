@@ -18,6 +18,8 @@ from medgemma.errors import HostError, InputError
 from medgemma.request import GenerationRequest
 from medgemma.tokens import Prompt
 
+#: MedGemma's published sampling defaults, used where the checkpoint's generation config sets none.
+DEFAULT_SAMPLING = {"top_k": 64, "top_p": 0.95}
 #: Substrings of the errors after which a CUDA context is unusable: every later call fails too.
 _POISONED_CUDA = (
     "illegal memory access",
@@ -153,12 +155,20 @@ def host_fault(error: BaseException) -> HostError | None:
     """A HostError if ``error`` means this process's GPU is unusable from now on, else None."""
     if type(error).__name__ == "AcceleratorError" or any(marker in str(error) for marker in _POISONED_CUDA):
         return HostError(
-            f"the GPU failed ({type(error).__name__}: {_first_line(error)}); this worker can't serve "
+            f"the GPU failed ({error_summary(error)}); this worker can't serve "
             "any more jobs and asks RunPod for a fresh one; resubmit the job"
         )
     return None
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else "no message"
+def error_summary(error: BaseException) -> str:
+    """``Type: first line``, for an error a start-up or a GPU failure reports; for pydantic's validation errors the message inside."""
+    errors = getattr(error, "errors", None)
+    if callable(errors):
+        try:
+            text = str(errors()[0]["msg"])
+        except (IndexError, KeyError, TypeError):
+            text = str(error)
+    else:
+        text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else 'no message'}"

@@ -21,7 +21,7 @@ import torch
 from transformers import LogitsProcessor
 
 from medgemma.errors import GenerationFailed, InputError
-from medgemma.structured import JsonSpec
+from medgemma.structured import COMPACT_JSON, JsonSpec
 
 if TYPE_CHECKING:
     from llguidance._lib import JsonCompileOptions  # only in llguidance's stub
@@ -29,8 +29,7 @@ if TYPE_CHECKING:
 #: Compiled grammars kept per worker (least recently used dropped first); each is small (KBs)
 #: but holds its lexer's states, which grow with use.
 MAX_CACHED_GRAMMARS = 64
-#: Compact JSON: no free whitespace, "," and ":" separators (vLLM: disable_any_whitespace).
-JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False}
+JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": not COMPACT_JSON}
 #: llguidance's default per-step work limits; error texts without grammar details (they could
 #: quote the caller's schema, and errors are logged).
 LIMITS = llguidance.LLParserLimits(verbose_errors=False)

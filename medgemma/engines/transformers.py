@@ -23,7 +23,7 @@ from transformers.generation.streamers import BaseStreamer
 from medgemma import provenance
 from medgemma.adapters import Adapter
 from medgemma.decoding import DeltaCallback, RowDecoder, think_token_ids
-from medgemma.engines.base import Completion, ModelInfo, Prepared, check_context
+from medgemma.engines.base import DEFAULT_SAMPLING, Completion, ModelInfo, Prepared, check_context
 from medgemma.engines.batching import BatchEngine
 from medgemma.engines.grammar import Grammars
 from medgemma.engines.hf_loading import LoadedCheckpoint, load_checkpoint
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SAMPLING = {"top_k": 64, "top_p": 0.95}  # MedGemma's published defaults
 #: PEFT's name for "no adapter" in a mixed batch's ``adapter_names``.
 PEFT_BASE = "__base__"
 

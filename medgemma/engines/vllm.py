@@ -57,7 +57,16 @@ from vllm.v1.engine.exceptions import EngineDeadError
 from medgemma import provenance
 from medgemma.adapters import Adapter
 from medgemma.decoding import DeltaCallback, RowDecoder, think_token_ids
-from medgemma.engines.base import Completion, EngineResult, ModelInfo, Prepared, check_context, stream_deltas
+from medgemma.engines.base import (
+    DEFAULT_SAMPLING,
+    Completion,
+    EngineResult,
+    ModelInfo,
+    Prepared,
+    check_context,
+    error_summary,
+    stream_deltas,
+)
 from medgemma.engines.capacity import jobs_held, longest_job
 from medgemma.engines.grammar import check_grammar
 from medgemma.engines.vllm_parent import ParentWatchingExecutor
@@ -73,13 +82,15 @@ from medgemma.model_access import model_access_errors
 from medgemma.request import GenerationRequest, SamplingKey
 from medgemma.settings import Settings
 from medgemma.sources import ModelSource
-from medgemma.structured import VLLM_STRUCTURED_OUTPUTS, JsonSpec, vllm_params
+from medgemma.structured import COMPACT_JSON, JsonSpec
 from medgemma.tokens import ImageSequence, PromptBuilder
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SAMPLING = {"top_k": 64, "top_p": 0.95}  # MedGemma's published defaults
 GIB = 2**30
+#: JSON jobs: llguidance (vLLM's ``guidance`` backend, the transformers engine's library) with the
+#: worker's compact JSON; vLLM 0.32 reads these from the engine config only, not per request.
+STRUCTURED_OUTPUTS: dict[str, Any] = {"backend": "guidance", "disable_any_whitespace": COMPACT_JSON}
 #: Compute capability from which a GPU has fp8 tensor cores (Ada, Hopper, Blackwell).
 FP8_CAPABILITY = (8, 9)
 #: What QUANTIZATION means to vLLM; int8 has no in-flight vLLM path.
@@ -165,6 +176,11 @@ def start(settings: Settings, source: ModelSource) -> VllmEngine:
     return VllmEngine(llm, loop, capture, kwargs, tokenizer, processor, config, info)
 
 
+def structured_params(spec: JsonSpec) -> StructuredOutputsParams:
+    """One JSON job's vLLM structured output: the schema text the transformers engine compiles too."""
+    return StructuredOutputsParams(json=spec.grammar)
+
+
 def engine_kwargs(
     settings: Settings,
     source: ModelSource,
@@ -192,8 +208,7 @@ def engine_kwargs(
         limit_mm_per_prompt={"image": settings.max_images} if vision else None,
         # Per-request stats give each job its queue time; vLLM logs only aggregate throughput.
         disable_log_stats=False,
-        # JSON jobs: llguidance, the transformers engine's grammar library, with its compact JSON.
-        structured_outputs_config=StructuredOutputsConfig(**VLLM_STRUCTURED_OUTPUTS),
+        structured_outputs_config=StructuredOutputsConfig(**STRUCTURED_OUTPUTS),
         **lora_kwargs(settings, device),
     )
 
@@ -299,7 +314,7 @@ async def _shutdown(llm: AsyncLLM) -> None:
 
 def _startup_error(error: Exception, cause: str | None, settings: Settings) -> MedGemmaError:
     """One line for a failed vLLM start, naming the fix (``cause``: what its engine core logged)."""
-    reason = cause or _first_line(error)
+    reason = cause or error_summary(error)
     if "requested memory for kv" in reason:
         return _kv_space_error(settings, reason)
     if "KV cache is needed" in reason:
@@ -322,19 +337,6 @@ def _startup_error(error: Exception, cause: str | None, settings: Settings) -> M
     if "HTTP" in reason or "huggingface" in reason.lower():
         return ModelAccessError(f"vLLM could not fetch the weights ({reason}); check MODEL_ID and HF_TOKEN")
     return SettingsError(f"vLLM could not start ({reason}); check the vLLM settings (the log above has details)")
-
-
-def _first_line(error: BaseException) -> str:
-    """``Type: message``, for pydantic's validation errors the message inside."""
-    errors = getattr(error, "errors", None)
-    if callable(errors):
-        try:
-            text = str(errors()[0]["msg"])
-        except (IndexError, KeyError, TypeError):
-            text = str(error)
-    else:
-        text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else 'no message'}"
 
 
 class VllmEngine:
@@ -418,7 +420,7 @@ class VllmEngine:
                 self.call(self._running.add_lora(lora)).result()
             except Exception as error:
                 raise SettingsError(
-                    f"ADAPTERS: vLLM could not load adapter {adapter.name!r} ({adapter.source}): {_first_line(error)}"
+                    f"ADAPTERS: vLLM could not load adapter {adapter.name!r} ({adapter.source}): {error_summary(error)}"
                 ) from None
             self._loras[adapter.name] = lora
             log.info(
@@ -467,7 +469,7 @@ class VllmEngine:
             stop_token_ids=self.stop_ids,
             detokenize=False,  # medgemma.decoding decodes (and strips thinking) from the ids
             output_kind=RequestOutputKind.DELTA,
-            structured_outputs=StructuredOutputsParams(**vllm_params(structured)) if structured else None,
+            structured_outputs=structured_params(structured) if structured else None,
             **sampling,
             **(self.sampling_hook(key) if self.sampling_hook else {}),
         )
